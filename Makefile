@@ -1,0 +1,150 @@
+# libdirty - dirty-page tracking for live migration with pass-through devices.
+#
+#   make            library (shared + static), tools, tests, benchmarks
+#   make check      every test suite through tests/run-tests.sh
+#   make asan|tsan  the same suites under AddressSanitizer+UBSan / ThreadSanitizer
+#   make demo       the main job on an embedded default
+#   make install    honours DESTDIR, PREFIX, LIBDIR, INCLUDEDIR
+#   make deps       installs missing Debian packages (as root) or says how
+
+VERSION_MAJOR := 0
+VERSION_MINOR := 1
+VERSION_PATCH := 0
+VERSION       := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+
+PREFIX     ?= /usr/local
+LIBDIR     ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR     ?= $(PREFIX)/bin
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR    ?=
+
+BUILD  ?= build
+CC     ?= gcc
+CFLAGS ?= -O2 -g
+SAN    ?=
+
+# Debian packages the build and tests need; `make deps` installs the missing.
+DEPS_PKGS := liburcu-dev liburing-dev libpci-dev check pkg-config
+
+ifeq ($(SAN),asan)
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+else ifeq ($(SAN),tsan)
+SAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer
+else
+SAN_FLAGS :=
+endif
+
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
+	-Wstrict-prototypes -Wmissing-prototypes -Iinclude -Ilibdirty \
+	-DLIBDIRTY_VERSION_STRING='"$(VERSION)"' $(SAN_FLAGS)
+LIB_CFLAGS  := $(BASE_CFLAGS) -fPIC -fvisibility=hidden
+
+# Recursive on purpose: pkg-config runs only after `deps` installed it.
+URCU_LIBS  = $$(pkg-config --libs liburcu-bp)
+CHECK_LIBS = $$(pkg-config --libs check)
+LIB_LIBS   = $(URCU_LIBS) -pthread
+
+LIB_SRCS := $(wildcard libdirty/*.c) $(wildcard hv-adapters/*.c)
+LIB_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS))
+LIB_HDRS := $(wildcard include/*.h include/libdirty/*.h libdirty/*.h)
+
+SONAME   := libdirty.so.$(VERSION_MAJOR)
+SOLIB    := $(BUILD)/lib/libdirty.so.$(VERSION)
+ARLIB    := $(BUILD)/lib/libdirty.a
+PCFILE   := $(BUILD)/lib/libdirty.pc
+DEPS_STAMP := $(BUILD)/.deps-ok
+
+TEST_SRCS  := $(wildcard tests/test_*.c)
+TEST_BINS  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+TEST_SCRIPTS := $(wildcard tests/t_*.sh)
+BENCH_SRCS := $(wildcard bench/*.c)
+BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bin/%,$(BENCH_SRCS))
+
+.PHONY: all lib tests bench check asan tsan demo install uninstall deps clean
+
+all: lib tests bench
+
+lib: $(SOLIB) $(ARLIB) $(PCFILE)
+tests: $(TEST_BINS)
+bench: $(BENCH_BINS)
+
+deps: $(DEPS_STAMP)
+
+$(DEPS_STAMP):
+	@missing=""; \
+	for p in $(DEPS_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "deps: installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	      || { echo "deps: apt-get failed; run: apt-get install$$missing" >&2; exit 1; }; \
+	  else \
+	    echo "libdirty needs these Debian packages:$$missing" >&2; \
+	    echo "run: sudo apt-get install$$missing   (then make again)" >&2; exit 1; \
+	  fi; \
+	fi
+	@mkdir -p $(@D) && touch $@
+
+$(BUILD)/obj/%.o: %.c $(LIB_HDRS) | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LIB_CFLAGS) -c -o $@ $<
+
+$(SOLIB): $(LIB_OBJS) libdirty/libdirty.map
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(SAN_FLAGS) -shared -Wl,-soname,$(SONAME) \
+	  -Wl,--version-script=libdirty/libdirty.map -Wl,-z,defs \
+	  -o $@ $(LIB_OBJS) $(LIB_LIBS)
+	ln -sf $(notdir $@) $(BUILD)/lib/$(SONAME)
+	ln -sf $(SONAME) $(BUILD)/lib/libdirty.so
+
+$(ARLIB): $(LIB_OBJS)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+$(PCFILE): libdirty/libdirty.pc.in Makefile
+	@mkdir -p $(@D)
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
+
+# Tests and benchmarks link the static library: they may use internal headers.
+$(BUILD)/tests/%: tests/%.c tests/testutil.h $(ARLIB)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests -o $@ $< $(ARLIB) $(CHECK_LIBS) $(LIB_LIBS)
+
+$(BUILD)/bin/%: bench/%.c $(ARLIB)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -o $@ $< $(ARLIB) $(LIB_LIBS) -lm
+
+check: all
+	@BUILD=$(BUILD) SAN=$(SAN) CC="$(CC)" tests/run-tests.sh $(TEST_BINS) $(TEST_SCRIPTS)
+
+asan:
+	$(MAKE) BUILD=build/asan SAN=asan check
+
+tsan:
+	$(MAKE) BUILD=build/tsan SAN=tsan check
+
+demo: all
+	@echo "make demo: the downtime harness (dirtymig, issue 6) is not built yet;" >&2
+	@echo "  today 'make check' and 'build/bin/view-bench' show what exists." >&2
+	@exit 2
+
+install: lib
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 0755 $(SOLIB) $(DESTDIR)$(LIBDIR)/
+	ln -sf libdirty.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libdirty.so
+	install -m 0644 $(ARLIB) $(DESTDIR)$(LIBDIR)/
+	install -m 0644 include/libdirty.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 0644 $(PCFILE) $(DESTDIR)$(PKGCONFIGDIR)/
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libdirty.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME) \
+	      $(DESTDIR)$(LIBDIR)/libdirty.so $(DESTDIR)$(LIBDIR)/libdirty.a \
+	      $(DESTDIR)$(INCLUDEDIR)/libdirty.h $(DESTDIR)$(PKGCONFIGDIR)/libdirty.pc
+
+clean:
+	rm -rf build

@@ -1,0 +1,224 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libdirty.h - host API: the merged dirty view and the sources that feed it.
+ *
+ * A *view* holds guest-physical regions, each with a hierarchical atomic
+ * bitmap. *Sources* (KVM dirty log, VFIO, the guest bitmap protocol, ...)
+ * OR their dirty bits in; migration threads *claim* runs of dirty pages out.
+ * Marking and claiming are lock-free and may run on any number of threads
+ * while regions are added and removed.
+ *
+ * Conventions: functions return 0 (or a count) on success and -errno on
+ * failure; errno is left alone. dirty_last_error() gives the calling
+ * thread's message for the last failure, worded for a user.
+ */
+#ifndef LIBDIRTY_H
+#define LIBDIRTY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LIBDIRTY_VERSION_MAJOR 0
+#define LIBDIRTY_VERSION_MINOR 1
+
+/* Smallest page size a region may use; every page size is a power of two. */
+#define DIRTY_MIN_PAGE_SIZE 4096u
+
+struct dirty_view;
+struct dirty_source;
+struct dirty_claim;
+
+/* A guest-physical byte range. */
+struct dirty_range {
+	uint64_t gpa;
+	uint64_t len;
+};
+
+/* A run of contiguous dirty pages handed to a claimer (bytes, page aligned). */
+struct dirty_run {
+	uint64_t gpa;
+	uint64_t len;
+};
+
+/* Message for the calling thread's most recent failed call ("" if none). */
+const char *dirty_last_error(void);
+
+/* ---- view and regions ------------------------------------------------- */
+
+int dirty_view_new(struct dirty_view **out);
+/* Detaches and destroys remaining sources, frees every region. */
+void dirty_view_free(struct dirty_view *view);
+
+/* The region starts with every page dirty (a memslot added mid-migration). */
+#define DIRTY_REGION_DIRTY 0x1u
+
+/*
+ * Add [gpa, gpa + len) tracked at page_size (0 means 4 KiB). gpa and len
+ * must be multiples of page_size; regions may not overlap (-EEXIST).
+ */
+int dirty_view_add_region(struct dirty_view *view, uint64_t gpa, uint64_t len,
+			  uint64_t page_size, unsigned int flags);
+/*
+ * Remove the region that starts at gpa. Waits for an RCU grace period, so
+ * it must not be called from inside a libdirty callback that marks or
+ * claims. Dirty bits of the region are dropped with it.
+ */
+int dirty_view_remove_region(struct dirty_view *view, uint64_t gpa);
+
+/* ---- marking (any thread, lock-free) ---------------------------------- */
+
+/*
+ * Mark every page that [gpa, gpa + len) touches. Pages outside all regions
+ * are counted in the view stats and otherwise ignored.
+ */
+int dirty_view_mark(struct dirty_view *view, uint64_t gpa, uint64_t len);
+/* Mark a batch of ranges under one RCU read section. */
+int dirty_view_mark_ranges(struct dirty_view *view,
+			   const struct dirty_range *ranges, size_t n);
+/* Mark every page of every region (first round, fallback after an error). */
+int dirty_view_mark_all(struct dirty_view *view);
+/*
+ * OR a foreign little-endian bitmap into the view: bit i stands for
+ * [gpa + i * page_size, gpa + (i + 1) * page_size). Bits larger than the
+ * region's pages expand to every page they cover; smaller ones fold into
+ * the page that contains them. Bytes are read as in memory: bit i is bit
+ * (i % 8) of byte i / 8, which is what KVM, VFIO and the guest protocol
+ * produce on every architecture.
+ */
+int dirty_view_merge_bitmap(struct dirty_view *view, uint64_t gpa,
+			    uint64_t page_size, const void *bitmap,
+			    uint64_t nbits);
+
+/* Number of dirty pages right now, and their bytes; O(dirty), no claiming. */
+int dirty_view_count(struct dirty_view *view, uint64_t *pages,
+		     uint64_t *bytes);
+
+/* ---- claiming (any number of threads, each with its own cursor) ------- */
+
+int dirty_claim_new(struct dirty_view *view, struct dirty_claim **out);
+/*
+ * Claim up to max runs of dirty pages. Each marked page is handed to
+ * exactly one claimer per mark; a page marked again after its claim is
+ * claimed again. Returns the number of runs (0: nothing is dirty now).
+ * Runs never cross a region boundary.
+ */
+ssize_t dirty_claim_next(struct dirty_claim *cl, struct dirty_run *runs,
+			 size_t max);
+/*
+ * Give back what the cursor claimed but has not yet returned, marking it
+ * dirty again: call it when a migration is cancelled.
+ */
+void dirty_claim_release(struct dirty_claim *cl);
+/* Releases first, so nothing the cursor held is lost. */
+void dirty_claim_free(struct dirty_claim *cl);
+
+/* ---- sources ----------------------------------------------------------- */
+
+enum dirty_precision {
+	/* Reports exactly the pages written (KVM, iommufd, guest protocol). */
+	DIRTY_PRECISE = 1,
+	/* Reports pages that may have been written (VFIO type1). */
+	DIRTY_COARSE = 2,
+};
+
+#define DIRTY_SOURCE_OPS_VERSION 1
+
+/*
+ * What every tracking mechanism fills in. version comes first so the
+ * table can grow; a callback left NULL means "nothing to do". Callbacks
+ * report pages with dirty_source_mark*() and return 0 or -errno. A failed
+ * sync or final never reads as "clean": the view marks every page of the
+ * source's ranges dirty and returns the error.
+ */
+struct dirty_source_ops {
+	uint32_t version;	/* DIRTY_SOURCE_OPS_VERSION */
+	uint32_t precision;	/* enum dirty_precision */
+	const char *name;
+	int (*start)(struct dirty_source *src);	/* begin logging */
+	int (*stop)(struct dirty_source *src);	/* end logging */
+	int (*sync)(struct dirty_source *src);	/* OR new dirty bits in */
+	int (*final)(struct dirty_source *src);	/* after VM and devices stop */
+	void (*destroy)(struct dirty_source *src);	/* free priv */
+};
+
+/*
+ * Attach a source covering the given ranges (copied). The ranges are what
+ * an error marks dirty, so they must cover every page the source can see.
+ */
+int dirty_source_attach(struct dirty_view *view,
+			const struct dirty_source_ops *ops, void *priv,
+			const struct dirty_range *ranges, size_t nranges,
+			struct dirty_source **out);
+/* Stops the source if started, calls destroy, frees it. */
+void dirty_source_detach(struct dirty_source *src);
+void *dirty_source_priv(const struct dirty_source *src);
+struct dirty_view *dirty_source_view(const struct dirty_source *src);
+
+/* For use inside callbacks: mark on behalf of src (counted per source). */
+int dirty_source_mark(struct dirty_source *src, uint64_t gpa, uint64_t len);
+int dirty_source_merge_bitmap(struct dirty_source *src, uint64_t gpa,
+			      uint64_t page_size, const void *bitmap,
+			      uint64_t nbits);
+
+/* Start / stop every attached source; start stops those already started on error. */
+int dirty_view_start(struct dirty_view *view);
+int dirty_view_stop(struct dirty_view *view);
+/*
+ * Sync every source. Returns 0, or the first error; a source that failed
+ * had all its ranges marked dirty and is left running for the next round.
+ */
+int dirty_view_sync(struct dirty_view *view);
+/* Like sync, using each source's final callback (falls back to sync). */
+int dirty_view_final(struct dirty_view *view);
+
+/* ---- the in-memory source --------------------------------------------- */
+
+/*
+ * A precise source kept in memory: any thread marks pages with
+ * dirty_memsrc_mark(); sync moves them into the view. For writes a VMM
+ * makes itself (emulated devices) and for tests.
+ */
+int dirty_memsrc_new(struct dirty_view *view, uint64_t gpa, uint64_t len,
+		     uint64_t page_size, struct dirty_source **out);
+int dirty_memsrc_mark(struct dirty_source *src, uint64_t gpa, uint64_t len);
+
+/* ---- statistics -------------------------------------------------------- */
+
+struct dirty_region_stats {
+	uint64_t gpa, len, page_size;
+	uint64_t pages_marked;	/* pages reported dirty, repeats included */
+	uint64_t pages_claimed;	/* pages handed to claimers */
+	double dirty_rate;	/* pages marked per second, last sync interval */
+};
+
+struct dirty_source_stats {
+	uint64_t syncs;
+	uint64_t errors;	/* failed syncs: all its pages were marked */
+	uint64_t pages_marked;	/* total */
+	uint64_t last_sync_pages;	/* marked by the last sync */
+	double dirty_rate;	/* pages per second over the last sync interval */
+	int last_error;		/* -errno of the last failed sync, or 0 */
+};
+
+struct dirty_view_stats {
+	uint64_t regions;
+	uint64_t pages;		/* pages in all regions */
+	uint64_t pages_outside;	/* marked pages that fell in no region */
+	uint64_t syncs;
+};
+
+int dirty_view_stats(struct dirty_view *view, struct dirty_view_stats *st);
+/* Stats of the region that contains gpa (-ENOENT if none). */
+int dirty_view_region_stats(struct dirty_view *view, uint64_t gpa,
+			    struct dirty_region_stats *st);
+int dirty_source_stats(struct dirty_source *src, struct dirty_source_stats *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LIBDIRTY_H */

@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * hbm.h - the hierarchical atomic bitmap behind every view region.
+ *
+ * Level 0 has one bit per page. Level 1 has one bit per level-0 word.
+ * A *chunk* is the 64 level-0 words one level-1 word describes (4096
+ * pages). Level 2 has one bit per chunk, set when the chunk's level-1
+ * word is non-zero *or* its `full` bit is set; `full` says "every page
+ * of this chunk is dirty" without touching level 0, so dense ranges
+ * (first round, error fallback, 100% dirty bitmaps) cost O(chunks).
+ * Levels 3.. summarise the level below until one word is left.
+ *
+ * Memory ordering: every access to the bitmap words is seq_cst. The
+ * protocol (a marker sets bottom-up, a claimer exchanges top-down and
+ * clears a stale summary bit only after re-checking the word below)
+ * relies on one total order over these accesses; on x86 seq_cst loads
+ * and RMWs cost the same as acquire/release ones, and there are no
+ * seq_cst plain stores. Marking also releases the page contents written
+ * before it to the claimer that exchanges the bit (acquire side).
+ */
+#ifndef LIBDIRTY_HBM_H
+#define LIBDIRTY_HBM_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define HBM_MAX_LEVELS 12
+#define HBM_CHUNK_PAGES 4096u	/* pages per chunk: 64 words x 64 bits */
+#define HBM_CHUNK_WORDS 64u
+#define HBM_NONE UINT64_MAX
+
+struct hbm {
+	uint64_t npages;
+	uint64_t nchunks;
+	unsigned int nlevels;	/* >= 3; level nlevels-1 has one word */
+	uint64_t nwords[HBM_MAX_LEVELS];
+	_Atomic uint64_t *lv[HBM_MAX_LEVELS];
+	_Atomic uint64_t *full;	/* nwords[2] words, bit c = chunk c */
+	void *mem;
+	size_t mem_len;
+};
+
+int hbm_init(struct hbm *h, uint64_t npages);
+void hbm_destroy(struct hbm *h);
+
+/* Mark pages [first, first + count). */
+void hbm_mark(struct hbm *h, uint64_t first, uint64_t count);
+/*
+ * OR bits into chunk c: words[j] goes to level-0 word 64c + j, for
+ * j < nwords. Bits past npages must be clear.
+ */
+void hbm_or_chunk(struct hbm *h, uint64_t c, const uint64_t *words,
+		  unsigned int nwords);
+
+/*
+ * Claiming. hbm_find_group() returns the first level-2 word index >= from
+ * that may hold chunks (HBM_NONE if none). hbm_take_group() exchanges it
+ * with zero, returning the chunks it named in *chunks and those marked
+ * full in *full; the caller then owns them and must claim each with
+ * hbm_claim_chunk() or give them back with hbm_return_group().
+ */
+uint64_t hbm_find_group(struct hbm *h, uint64_t from);
+void hbm_take_group(struct hbm *h, uint64_t g, uint64_t *chunks,
+		    uint64_t *full);
+void hbm_return_group(struct hbm *h, uint64_t g, uint64_t chunks,
+		      uint64_t full);
+/*
+ * Claim chunk c (taken through its group) and return its dirty pages.
+ * Not full: words[64] receives them. Full: every page of the chunk is
+ * claimed, words is left alone, and the level-0 bits set before are
+ * consumed with it (one page, one claim).
+ */
+uint64_t hbm_claim_chunk(struct hbm *h, uint64_t c, bool full,
+			 uint64_t words[HBM_CHUNK_WORDS]);
+
+/* Dirty pages right now, without claiming. O(dirty). */
+uint64_t hbm_count(struct hbm *h);
+
+/* Pages in chunk c (the last chunk may be short). */
+static inline uint64_t hbm_chunk_pages(const struct hbm *h, uint64_t c)
+{
+	uint64_t left = h->npages - c * HBM_CHUNK_PAGES;
+
+	return left < HBM_CHUNK_PAGES ? left : HBM_CHUNK_PAGES;
+}
+
+#endif /* LIBDIRTY_HBM_H */

@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * internal.h - what libdirty's own files share: export macro, error
+ * messages, the RCU wrappers, the view and region layout.
+ * Nothing here is installed.
+ */
+#ifndef LIBDIRTY_INTERNAL_H
+#define LIBDIRTY_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <urcu/urcu-bp.h>
+
+#include "libdirty.h"
+#include "hbm.h"
+
+#define DIRTY_API __attribute__((visibility("default")))
+
+#define DIRTY_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Record a message for dirty_last_error() and return err (a -errno). */
+int __dirty_err(int err, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/*
+ * RCU. urcu-bp registers threads on first use, so callers of a library
+ * need no setup. ThreadSanitizer cannot see the ordering urcu gets from
+ * membarrier, so under TSAN every read-side unlock releases and every
+ * grace period acquires one counter: that is exactly the happens-before
+ * an RCU grace period guarantees, made visible to the tool.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define DIRTY_TSAN 1
+#endif
+
+struct dirty_view;
+static inline void __dirty_rcu_lock(void)
+{
+	urcu_bp_read_lock();
+}
+void __dirty_rcu_unlock(struct dirty_view *view);
+void __dirty_rcu_synchronize(struct dirty_view *view);
+
+/*
+ * A region. Geometry is immutable after publication; the bitmap and the
+ * counters are the only mutable parts and are atomics.
+ */
+struct region {
+	uint64_t id;		/* unique for the view's lifetime */
+	uint64_t gpa, len, page_size, npages;
+	unsigned int page_shift;
+	struct hbm bm;
+	_Atomic uint64_t marked;	/* relaxed: statistics only */
+	_Atomic uint64_t claimed;	/* relaxed: statistics only */
+	/* Written under view->lock by dirty_view_sync(). */
+	uint64_t rate_prev_marked;
+	double rate;
+};
+
+/* Immutable once published; replaced whole by add/remove (RCU). */
+struct region_table {
+	size_t n;
+	struct region *r[];	/* sorted by gpa, non-overlapping */
+};
+
+struct dirty_source {
+	struct dirty_view *view;
+	const struct dirty_source_ops *ops;
+	void *priv;
+	struct dirty_range *ranges;
+	size_t nranges;
+	bool started;
+	struct dirty_source *next;	/* view->sources, under view->lock */
+	_Atomic uint64_t marked;	/* relaxed: statistics only */
+	/* Under view->lock. */
+	uint64_t syncs, errors, last_sync_pages, prev_marked;
+	int last_error;
+	double rate;
+	double last_sync_time;
+};
+
+struct dirty_view {
+	/* Readers: acquire load inside an RCU read section. */
+	_Atomic(struct region_table *) table;
+	/* Serialises table updates, the source list and syncs. */
+	pthread_mutex_t lock;
+	struct dirty_source *sources;
+	uint64_t next_region_id;
+	uint64_t syncs;
+	double last_sync_time;
+	_Atomic uint64_t pages_outside;	/* relaxed: statistics only */
+#ifdef DIRTY_TSAN
+	_Atomic uint64_t tsan_rcu;
+#endif
+};
+
+/* Region containing gpa in t, or NULL. */
+struct region *__dirty_table_find(const struct region_table *t, uint64_t gpa);
+/* Index of the first region whose end is above gpa (t->n if none). */
+size_t __dirty_table_lower(const struct region_table *t, uint64_t gpa);
+/* Region by id (NULL if removed). Call inside an RCU read section. */
+struct region *__dirty_table_by_id(const struct region_table *t, uint64_t id);
+
+/* Mark [gpa, gpa + len) in table t (inside a read section); returns pages marked. */
+uint64_t __dirty_mark_locked(struct dirty_view *view,
+			     const struct region_table *t, uint64_t gpa,
+			     uint64_t len);
+uint64_t __dirty_merge_locked(struct dirty_view *view,
+			      const struct region_table *t, uint64_t gpa,
+			      uint64_t page_size, const void *bitmap,
+			      uint64_t nbits);
+
+/* Validate, then merge under a read section; *marked gets the page count. */
+int __dirty_merge_checked(struct dirty_view *view, uint64_t gpa,
+			  uint64_t page_size, const void *bitmap,
+			  uint64_t nbits, uint64_t *marked);
+
+double __dirty_now(void);
+
+#endif /* LIBDIRTY_INTERNAL_H */

@@ -1,0 +1,239 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * source.c - the source registry: attach/detach, start/stop, and the sync
+ * and final rounds, including the rule that an error is never "clean".
+ * The list and each source's statistics are guarded by view->lock; the
+ * callbacks mark through the lock-free view paths.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+DIRTY_API int dirty_source_attach(struct dirty_view *view,
+				  const struct dirty_source_ops *ops,
+				  void *priv, const struct dirty_range *ranges,
+				  size_t nranges, struct dirty_source **out)
+{
+	struct dirty_source *s, **tail;
+
+	if (!ops || ops->version != DIRTY_SOURCE_OPS_VERSION)
+		return __dirty_err(-EINVAL, "source ops version %u, this libdirty speaks %u",
+				   ops ? ops->version : 0, DIRTY_SOURCE_OPS_VERSION);
+	if (ops->precision != DIRTY_PRECISE && ops->precision != DIRTY_COARSE)
+		return __dirty_err(-EINVAL, "source '%s': precision must be DIRTY_PRECISE or DIRTY_COARSE",
+				   ops->name ? ops->name : "?");
+	if (nranges && !ranges)
+		return __dirty_err(-EINVAL, "source '%s': NULL ranges",
+				   ops->name ? ops->name : "?");
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return __dirty_err(-ENOMEM, "source_attach: out of memory");
+	s->ranges = calloc(nranges ? nranges : 1, sizeof(*ranges));
+	if (!s->ranges) {
+		free(s);
+		return __dirty_err(-ENOMEM, "source_attach: out of memory");
+	}
+	if (nranges)
+		memcpy(s->ranges, ranges, nranges * sizeof(*ranges));
+	s->nranges = nranges;
+	s->view = view;
+	s->ops = ops;
+	s->priv = priv;
+	pthread_mutex_lock(&view->lock);
+	for (tail = &view->sources; *tail; tail = &(*tail)->next)
+		;
+	*tail = s;
+	pthread_mutex_unlock(&view->lock);
+	*out = s;
+	return 0;
+}
+
+DIRTY_API void dirty_source_detach(struct dirty_source *src)
+{
+	struct dirty_view *view;
+	struct dirty_source **pp;
+
+	if (!src)
+		return;
+	view = src->view;
+	pthread_mutex_lock(&view->lock);
+	for (pp = &view->sources; *pp; pp = &(*pp)->next) {
+		if (*pp == src) {
+			*pp = src->next;
+			break;
+		}
+	}
+	if (src->started && src->ops->stop)
+		src->ops->stop(src);
+	pthread_mutex_unlock(&view->lock);
+	if (src->ops->destroy)
+		src->ops->destroy(src);
+	free(src->ranges);
+	free(src);
+}
+
+DIRTY_API void *dirty_source_priv(const struct dirty_source *src)
+{
+	return src->priv;
+}
+
+DIRTY_API struct dirty_view *dirty_source_view(const struct dirty_source *src)
+{
+	return src->view;
+}
+
+DIRTY_API int dirty_source_mark(struct dirty_source *src, uint64_t gpa,
+				uint64_t len)
+{
+	struct dirty_view *view = src->view;
+	uint64_t n;
+
+	__dirty_rcu_lock();
+	n = __dirty_mark_locked(view, atomic_load_explicit(&view->table,
+							   memory_order_acquire),
+				gpa, len);
+	__dirty_rcu_unlock(view);
+	atomic_fetch_add_explicit(&src->marked, n, memory_order_relaxed);
+	return 0;
+}
+
+DIRTY_API int dirty_source_merge_bitmap(struct dirty_source *src, uint64_t gpa,
+					uint64_t page_size, const void *bitmap,
+					uint64_t nbits)
+{
+	uint64_t n = 0;
+	int err = __dirty_merge_checked(src->view, gpa, page_size, bitmap,
+					nbits, &n);
+
+	atomic_fetch_add_explicit(&src->marked, n, memory_order_relaxed);
+	return err;
+}
+
+/* The error rule: what a source cannot vouch for is dirty. */
+static void mark_source_all(struct dirty_source *src)
+{
+	for (size_t i = 0; i < src->nranges; i++)
+		dirty_source_mark(src, src->ranges[i].gpa, src->ranges[i].len);
+}
+
+DIRTY_API int dirty_view_start(struct dirty_view *view)
+{
+	struct dirty_source *s;
+	int err = 0;
+
+	pthread_mutex_lock(&view->lock);
+	for (s = view->sources; s; s = s->next) {
+		if (s->started)
+			continue;
+		err = s->ops->start ? s->ops->start(s) : 0;
+		if (err < 0) {
+			const char *name = s->ops->name ? s->ops->name : "?";
+
+			for (struct dirty_source *u = view->sources; u != s; u = u->next) {
+				if (u->started && u->ops->stop)
+					u->ops->stop(u);
+				u->started = false;
+			}
+			err = __dirty_err(err, "source '%s' failed to start (%d); no source is running",
+					  name, err);
+			break;
+		}
+		s->started = true;
+		s->last_sync_time = __dirty_now();
+	}
+	pthread_mutex_unlock(&view->lock);
+	return err < 0 ? err : 0;
+}
+
+DIRTY_API int dirty_view_stop(struct dirty_view *view)
+{
+	int first = 0;
+
+	pthread_mutex_lock(&view->lock);
+	for (struct dirty_source *s = view->sources; s; s = s->next) {
+		int err = s->started && s->ops->stop ? s->ops->stop(s) : 0;
+
+		s->started = false;
+		if (err < 0 && !first)
+			first = __dirty_err(err, "source '%s' failed to stop (%d)",
+					    s->ops->name ? s->ops->name : "?", err);
+	}
+	pthread_mutex_unlock(&view->lock);
+	return first;
+}
+
+static int sync_round(struct dirty_view *view, bool final)
+{
+	const struct region_table *t;
+	double now;
+	int first = 0;
+
+	pthread_mutex_lock(&view->lock);
+	for (struct dirty_source *s = view->sources; s; s = s->next) {
+		int (*fn)(struct dirty_source *) =
+			final && s->ops->final ? s->ops->final : s->ops->sync;
+		uint64_t before = atomic_load_explicit(&s->marked,
+						       memory_order_relaxed);
+		int err = fn ? fn(s) : 0;
+
+		if (err > 0)
+			err = -EPROTO;	/* a positive return breaks the contract */
+		if (err < 0) {
+			mark_source_all(s);
+			s->errors++;
+			s->last_error = err;
+			if (!first)
+				first = __dirty_err(err, "source '%s' %s failed (%d): all its pages were marked dirty",
+						    s->ops->name ? s->ops->name : "?",
+						    final ? "final sync" : "sync", err);
+		}
+		now = __dirty_now();
+		s->syncs++;
+		s->last_sync_pages = atomic_load_explicit(&s->marked,
+							  memory_order_relaxed) - before;
+		s->rate = now > s->last_sync_time ?
+			(double)s->last_sync_pages / (now - s->last_sync_time) : 0;
+		s->last_sync_time = now;
+	}
+	/* Region rates over the interval since the previous round. */
+	now = __dirty_now();
+	t = atomic_load_explicit(&view->table, memory_order_relaxed);
+	for (size_t i = 0; i < t->n; i++) {
+		struct region *r = t->r[i];
+		uint64_t m = atomic_load_explicit(&r->marked, memory_order_relaxed);
+
+		r->rate = view->syncs && now > view->last_sync_time ?
+			(double)(m - r->rate_prev_marked) / (now - view->last_sync_time) : 0;
+		r->rate_prev_marked = m;
+	}
+	view->last_sync_time = now;
+	view->syncs++;
+	pthread_mutex_unlock(&view->lock);
+	return first;
+}
+
+DIRTY_API int dirty_view_sync(struct dirty_view *view)
+{
+	return sync_round(view, false);
+}
+
+DIRTY_API int dirty_view_final(struct dirty_view *view)
+{
+	return sync_round(view, true);
+}
+
+DIRTY_API int dirty_source_stats(struct dirty_source *src,
+				 struct dirty_source_stats *st)
+{
+	pthread_mutex_lock(&src->view->lock);
+	st->syncs = src->syncs;
+	st->errors = src->errors;
+	st->pages_marked = atomic_load_explicit(&src->marked, memory_order_relaxed);
+	st->last_sync_pages = src->last_sync_pages;
+	st->dirty_rate = src->rate;
+	st->last_error = src->last_error;
+	pthread_mutex_unlock(&src->view->lock);
+	return 0;
+}
