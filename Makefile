@@ -52,7 +52,6 @@ LIB_HDRS := $(wildcard include/*.h include/libdirty/*.h libdirty/*.h)
 SONAME   := libdirty.so.$(VERSION_MAJOR)
 SOLIB    := $(BUILD)/lib/libdirty.so.$(VERSION)
 ARLIB    := $(BUILD)/lib/libdirty.a
-PCFILE   := $(BUILD)/lib/libdirty.pc
 DEPS_STAMP := $(BUILD)/.deps-ok
 
 TEST_SRCS  := $(wildcard tests/test_*.c)
@@ -65,7 +64,7 @@ BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bin/%,$(BENCH_SRCS))
 
 all: lib tests bench
 
-lib: $(SOLIB) $(ARLIB) $(PCFILE)
+lib: $(SOLIB) $(ARLIB)
 tests: $(TEST_BINS)
 bench: $(BENCH_BINS)
 
@@ -104,11 +103,6 @@ $(ARLIB): $(LIB_OBJS)
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
 
-$(PCFILE): libdirty/libdirty.pc.in Makefile
-	@mkdir -p $(@D)
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
-	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
-
 # Tests and benchmarks link the static library: they may use internal headers.
 $(BUILD)/tests/%: tests/%.c tests/testutil.h $(ARLIB)
 	@mkdir -p $(@D)
@@ -139,7 +133,10 @@ install: lib
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libdirty.so
 	install -m 0644 $(ARLIB) $(DESTDIR)$(LIBDIR)/
 	install -m 0644 include/libdirty.h $(DESTDIR)$(INCLUDEDIR)/
-	install -m 0644 $(PCFILE) $(DESTDIR)$(PKGCONFIGDIR)/
+	# Generated here so it names the PREFIX/LIBDIR of this very install.
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	    libdirty/libdirty.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/libdirty.pc
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libdirty.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME) \

@@ -382,12 +382,15 @@ static uint64_t merge_same(struct region *r, const uint8_t *bm, uint64_t nbits,
 		for (j = 0; j < nw; j++) {
 			uint64_t pg = base + (uint64_t)j * 64, v, m = ~0ull;
 
-			v = foreign_bits(bm, nbits, (int64_t)pg - off);
-			if (pg < p0)
-				m &= ~0ull << (p0 - pg);
-			if (pg + 64 > p1)
-				m &= p1 - pg >= 64 ? ~0ull : (1ull << (p1 - pg)) - 1;
-			v &= m;
+			if (pg + 64 <= p0 || pg >= p1) {
+				m = 0;
+			} else {
+				if (pg < p0)
+					m &= ~0ull << (p0 - pg);
+				if (pg + 64 > p1)
+					m &= (1ull << (p1 - pg)) - 1;
+			}
+			v = m ? foreign_bits(bm, nbits, (int64_t)pg - off) & m : 0;
 			words[j] = v;
 			n += (uint64_t)__builtin_popcountll(v);
 			if (v != (npg - (uint64_t)j * 64 >= 64 ? ~0ull :

@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * testutil.h - shared by the Check suites: the runner main(), skipping
+ * with exit 77, and a scale knob so sanitizer builds run shorter.
+ */
+#ifndef LIBDIRTY_TESTUTIL_H
+#define LIBDIRTY_TESTUTIL_H
+
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define TEST_SKIP 77
+
+/* Skip the whole binary, saying exactly what is missing. */
+#define TEST_REQUIRE(cond, ...)                                              \
+	do {                                                                  \
+		if (!(cond)) {                                                \
+			printf("SKIP: ");                                     \
+			printf(__VA_ARGS__);                                  \
+			printf("\n");                                         \
+			exit(TEST_SKIP);                                      \
+		}                                                             \
+	} while (0)
+
+/*
+ * Work multiplier: 1 normally; sanitizer runs set DIRTY_TEST_SCALE to a
+ * fraction (e.g. 0.25) so the same suites fit the time budget.
+ */
+static inline double test_scale(void)
+{
+	const char *s = getenv("DIRTY_TEST_SCALE");
+	double v = s ? atof(s) : 1.0;
+
+	return v > 0 ? v : 1.0;
+}
+
+/*
+ * Run one suite without forking (sanitizers and liburcu prefer one
+ * process; the runner isolates binaries). Returns the process exit code.
+ */
+static inline int test_run_suite(Suite *s)
+{
+	SRunner *sr = srunner_create(s);
+	int failed;
+
+	srunner_set_fork_status(sr, CK_NOFORK);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+#endif /* LIBDIRTY_TESTUTIL_H */
