@@ -24,9 +24,12 @@ struct dirty_claim {
 	uint64_t group;		/* next group to search in the region */
 	/* Taken from group `taken`, not yet claimed chunk by chunk. */
 	uint64_t taken, chunks, full;
-	/* The chunk being handed out: its page bits from `pos` on. */
+	/*
+	 * The chunk being handed out: page bits words[j] for each j in wmask
+	 * (what remains), or all chunk_pages pages when chunk_full.
+	 */
 	bool have_chunk, chunk_full;
-	uint64_t chunk, pos, chunk_pages;
+	uint64_t chunk, chunk_pages, wmask;
 	uint64_t words[HBM_CHUNK_WORDS];
 };
 
@@ -53,31 +56,6 @@ static void use_region(struct dirty_claim *cl, const struct region *r)
 	cl->region_gpa = r->gpa;
 	cl->page_shift = r->page_shift;
 	cl->group = 0;
-}
-
-/* Index of the first set bit >= i in the chunk's words, or HBM_CHUNK_PAGES. */
-static uint64_t next_set(const uint64_t *w, uint64_t i)
-{
-	while (i < HBM_CHUNK_PAGES) {
-		uint64_t v = w[i >> 6] & (~0ull << (i & 63));
-
-		if (v)
-			return (i & ~63ull) + (uint64_t)__builtin_ctzll(v);
-		i = (i | 63) + 1;
-	}
-	return HBM_CHUNK_PAGES;
-}
-
-static uint64_t next_clear(const uint64_t *w, uint64_t i)
-{
-	while (i < HBM_CHUNK_PAGES) {
-		uint64_t v = ~w[i >> 6] & (~0ull << (i & 63));
-
-		if (v)
-			return (i & ~63ull) + (uint64_t)__builtin_ctzll(v);
-		i = (i | 63) + 1;
-	}
-	return HBM_CHUNK_PAGES;
 }
 
 /* Append pages [first, first + n) of the current region; false if full. */
@@ -108,30 +86,32 @@ static bool emit_chunk(struct dirty_claim *cl, struct region *r,
 
 	if (cl->chunk_full) {
 		room = emit(cl, runs, n, max, base, cl->chunk_pages);
-		if (room) {
+		if (room)
 			out = cl->chunk_pages;
-			cl->have_chunk = false;
-		}
-	} else {
-		while (cl->pos < HBM_CHUNK_PAGES) {
-			uint64_t s = next_set(cl->words, cl->pos), e;
+	}
+	/* Only the words the level-1 summary named; emit() joins neighbours. */
+	while (room && cl->wmask) {
+		unsigned int j = (unsigned int)__builtin_ctzll(cl->wmask);
+		uint64_t v = cl->words[j];
 
-			if (s >= HBM_CHUNK_PAGES) {
-				cl->pos = HBM_CHUNK_PAGES;
-				break;
-			}
-			e = next_clear(cl->words, s);
-			if (!emit(cl, runs, n, max, base + s, e - s)) {
-				cl->pos = s;
+		while (v) {
+			unsigned int s = (unsigned int)__builtin_ctzll(v);
+			uint64_t rest = ~(v >> s);
+			uint64_t len = rest ? (uint64_t)__builtin_ctzll(rest) : 64 - s;
+
+			if (!emit(cl, runs, n, max, base + j * 64ull + s, len)) {
 				room = false;
 				break;
 			}
-			out += e - s;
-			cl->pos = e;
+			out += len;
+			v = s + len >= 64 ? 0 : v & (~0ull << (s + len));
 		}
+		cl->words[j] = v;
 		if (room)
-			cl->have_chunk = false;
+			cl->wmask &= cl->wmask - 1;
 	}
+	if (room)
+		cl->have_chunk = false;
 	if (out)
 		atomic_fetch_add_explicit(&r->claimed, out, memory_order_relaxed);
 	return room;
@@ -180,9 +160,8 @@ DIRTY_API ssize_t dirty_claim_next(struct dirty_claim *cl,
 			cl->chunk_full = (cl->full & b) != 0;
 			cl->full &= ~b;
 			cl->chunk = c;
-			cl->pos = 0;
 			cl->chunk_pages = hbm_claim_chunk(&r->bm, c, cl->chunk_full,
-							  cl->words);
+							  cl->words, &cl->wmask);
 			cl->have_chunk = cl->chunk_pages != 0;
 			continue;
 		}
@@ -219,18 +198,12 @@ DIRTY_API void dirty_claim_release(struct dirty_claim *cl)
 		if (cl->chunk_full) {
 			hbm_mark(&r->bm, cl->chunk * HBM_CHUNK_PAGES, cl->chunk_pages);
 		} else {
-			uint64_t p = cl->pos;
+			uint64_t left[HBM_CHUNK_WORDS] = { 0 };
 
-			/* Pages before pos were handed out already. */
-			for (unsigned int j = 0; j < HBM_CHUNK_WORDS; j++) {
-				uint64_t lo = (uint64_t)j * 64;
-
-				if (lo + 64 <= p)
-					cl->words[j] = 0;
-				else if (lo < p)
-					cl->words[j] &= ~0ull << (p - lo);
-			}
-			hbm_or_chunk(&r->bm, cl->chunk, cl->words, HBM_CHUNK_WORDS);
+			/* words[] holds exactly what was not handed out yet. */
+			for (uint64_t m = cl->wmask; m; m &= m - 1)
+				left[__builtin_ctzll(m)] = cl->words[__builtin_ctzll(m)];
+			hbm_or_chunk(&r->bm, cl->chunk, left, HBM_CHUNK_WORDS);
 		}
 	}
 	if (r && (cl->chunks | cl->full))

@@ -113,12 +113,12 @@ static void lazy_clear(struct hbm *h, unsigned int k, uint64_t i)
 	}
 }
 
-void hbm_or_chunk(struct hbm *h, uint64_t c, const uint64_t *words,
-		  unsigned int nwords)
+uint64_t hbm_or_chunk(struct hbm *h, uint64_t c, const uint64_t *words,
+		      unsigned int nwords)
 {
 	_Atomic uint64_t *l0 = &h->lv[0][c * HBM_CHUNK_WORDS];
 	_Atomic uint64_t *l1 = &h->lv[1][c];
-	uint64_t sum = 0;
+	uint64_t sum = 0, n = 0;
 	unsigned int j;
 
 	for (j = 0; j < nwords; j++) {
@@ -133,12 +133,14 @@ void hbm_or_chunk(struct hbm *h, uint64_t c, const uint64_t *words,
 		if ((LD(&l0[j]) & v) != v)
 			OR(&l0[j], v);
 		sum |= bit(j);
+		n += hbm_popcount(v);
 	}
 	if (!sum)
-		return;
+		return 0;
 	if ((LD(l1) & sum) != sum)
 		OR(l1, sum);
 	propagate(h, 2, c);
+	return n;
 }
 
 /* Mark chunks [c, c + n) full: O(n / 64) atomics. */
@@ -159,13 +161,33 @@ static void mark_full(struct hbm *h, uint64_t c, uint64_t n)
 	}
 }
 
+/* OR bits into level-0 word w: the common single-page mark. */
+static void or_word(struct hbm *h, uint64_t w, uint64_t bits)
+{
+	_Atomic uint64_t *l1 = &h->lv[1][w >> 6];
+
+	if ((LD(&h->lv[0][w]) & bits) != bits)
+		OR(&h->lv[0][w], bits);
+	if (!(LD(l1) & bit(w)))
+		OR(l1, bit(w));
+	propagate(h, 2, w >> 6);
+}
+
 /* Pages [first, first + count) all inside chunk c. */
 static void mark_in_chunk(struct hbm *h, uint64_t c, uint64_t first,
 			  uint64_t count)
 {
-	uint64_t words[HBM_CHUNK_WORDS] = { 0 };
+	uint64_t words[HBM_CHUNK_WORDS];
 	uint64_t p = first - c * HBM_CHUNK_PAGES, end = p + count;
+	unsigned int lo = (unsigned int)(p >> 6);
 	unsigned int hi = (unsigned int)((end - 1) >> 6) + 1;
+
+	if (hi - lo == 1) {
+		or_word(h, c * HBM_CHUNK_WORDS + lo,
+			(count == 64 ? ~0ull : ((1ull << count) - 1)) << (p & 63));
+		return;
+	}
+	memset(words, 0, hi * sizeof(words[0]));
 
 	while (p < end) {
 		uint64_t s = p & 63, n = end - p < 64 - s ? end - p : 64 - s;
@@ -268,13 +290,11 @@ void hbm_return_group(struct hbm *h, uint64_t g, uint64_t chunks,
 }
 
 uint64_t hbm_claim_chunk(struct hbm *h, uint64_t c, bool full,
-			 uint64_t words[HBM_CHUNK_WORDS])
+			 uint64_t words[HBM_CHUNK_WORDS], uint64_t *wmask)
 {
 	_Atomic uint64_t *l0 = &h->lv[0][c * HBM_CHUNK_WORDS];
-	uint64_t m, n = 0;
+	uint64_t m, got = 0, n = 0;
 
-	if (!full)
-		memset(words, 0, HBM_CHUNK_WORDS * sizeof(words[0]));
 	m = LD(&h->lv[1][c]) ? XCHG(&h->lv[1][c], 0) : 0;
 	while (m) {
 		unsigned int j = (unsigned int)__builtin_ctzll(m);
@@ -282,11 +302,13 @@ uint64_t hbm_claim_chunk(struct hbm *h, uint64_t c, bool full,
 
 		m &= m - 1;
 		/* In a full chunk these pages are part of this one claim. */
-		if (!full) {
+		if (!full && w) {
 			words[j] = w;
-			n += (uint64_t)__builtin_popcountll(w);
+			got |= bit(j);
+			n += hbm_popcount(w);
 		}
 	}
+	*wmask = got;
 	return full ? hbm_chunk_pages(h, c) : n;
 }
 
@@ -310,7 +332,7 @@ uint64_t hbm_count(struct hbm *h)
 					unsigned int j = (unsigned int)__builtin_ctzll(m);
 
 					m &= m - 1;
-					n += (uint64_t)__builtin_popcountll(
+					n += hbm_popcount(
 						LD(&h->lv[0][c * HBM_CHUNK_WORDS + j]));
 				}
 			}

@@ -48,9 +48,9 @@ void hbm_destroy(struct hbm *h);
 void hbm_mark(struct hbm *h, uint64_t first, uint64_t count);
 /*
  * OR bits into chunk c: words[j] goes to level-0 word 64c + j, for
- * j < nwords. Bits past npages must be clear.
+ * j < nwords. Bits past npages must be clear. Returns the bits given.
  */
-void hbm_or_chunk(struct hbm *h, uint64_t c, const uint64_t *words,
+uint64_t hbm_or_chunk(struct hbm *h, uint64_t c, const uint64_t *words,
 		  unsigned int nwords);
 
 /*
@@ -67,15 +67,32 @@ void hbm_return_group(struct hbm *h, uint64_t g, uint64_t chunks,
 		      uint64_t full);
 /*
  * Claim chunk c (taken through its group) and return its dirty pages.
- * Not full: words[64] receives them. Full: every page of the chunk is
- * claimed, words is left alone, and the level-0 bits set before are
- * consumed with it (one page, one claim).
+ * Not full: words[j] receives level-0 word j for every j in *wmask (other
+ * entries are left untouched). Full: every page of the chunk is claimed,
+ * *wmask is 0, and the level-0 bits set before are consumed with it (one
+ * page, one claim).
  */
 uint64_t hbm_claim_chunk(struct hbm *h, uint64_t c, bool full,
-			 uint64_t words[HBM_CHUNK_WORDS]);
+			 uint64_t words[HBM_CHUNK_WORDS], uint64_t *wmask);
 
 /* Dirty pages right now, without claiming. O(dirty). */
 uint64_t hbm_count(struct hbm *h);
+
+/*
+ * Population count without a libgcc call: x86-64's baseline has no
+ * POPCNT, and __builtin_popcountll then becomes a function call.
+ */
+static inline unsigned int hbm_popcount(uint64_t v)
+{
+#ifdef __POPCNT__
+	return (unsigned int)__builtin_popcountll(v);
+#else
+	v = v - ((v >> 1) & 0x5555555555555555ull);
+	v = (v & 0x3333333333333333ull) + ((v >> 2) & 0x3333333333333333ull);
+	v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0full;
+	return (unsigned int)((v * 0x0101010101010101ull) >> 56);
+#endif
+}
 
 /* Pages in chunk c (the last chunk may be short). */
 static inline uint64_t hbm_chunk_pages(const struct hbm *h, uint64_t c)

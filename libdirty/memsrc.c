@@ -30,7 +30,8 @@ static int memsrc_sync(struct dirty_source *src)
 		while (chunks) {
 			uint64_t c = (g << 6) + (uint64_t)__builtin_ctzll(chunks);
 			bool is_full = (full >> (c & 63)) & 1;
-			uint64_t n = hbm_claim_chunk(&m->bm, c, is_full, words);
+			uint64_t wmask;
+			uint64_t n = hbm_claim_chunk(&m->bm, c, is_full, words, &wmask);
 			uint64_t gpa = m->gpa + ((c * HBM_CHUNK_PAGES) << m->page_shift);
 			int e;
 
@@ -41,7 +42,7 @@ static int memsrc_sync(struct dirty_source *src)
 				e = dirty_source_mark(src, gpa, n << m->page_shift);
 			} else {
 				for (unsigned int j = 0; j < HBM_CHUNK_WORDS; j++)
-					words[j] = htole64(words[j]);
+					words[j] = (wmask >> j) & 1 ? htole64(words[j]) : 0;
 				e = dirty_source_merge_bitmap(src, gpa, m->page_size, words,
 							      hbm_chunk_pages(&m->bm, c));
 			}

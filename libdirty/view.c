@@ -366,6 +366,29 @@ static uint64_t foreign_bits(const uint8_t *bm, uint64_t nbits, int64_t pos)
 	return (lo >> s) | (foreign_word(bm, nbits, q + 1) << (64 - s));
 }
 
+/*
+ * Chunk c's 64 words straight from a word-aligned foreign bitmap.
+ * Returns 0 empty, 1 partial, 2 full, -1 when the fast path does not apply.
+ */
+static int chunk_direct(const uint8_t *bm, uint64_t nbits, int64_t fbit,
+			uint64_t words[HBM_CHUNK_WORDS])
+{
+	uint64_t all = ~0ull, any = 0;
+
+	if (fbit < 0 || fbit & 63 || (uint64_t)fbit + HBM_CHUNK_PAGES > nbits)
+		return -1;
+	bm += (uint64_t)fbit / 8;
+	for (unsigned int j = 0; j < HBM_CHUNK_WORDS; j++) {
+		uint64_t v;
+
+		memcpy(&v, bm + j * 8, 8);
+		words[j] = le64toh(v);
+		all &= words[j];
+		any |= words[j];
+	}
+	return all == ~0ull ? 2 : any ? 1 : 0;
+}
+
 /* Same page size: word-level OR of region pages [p0, p1). */
 static uint64_t merge_same(struct region *r, const uint8_t *bm, uint64_t nbits,
 			   int64_t off, uint64_t p0, uint64_t p1)
@@ -376,11 +399,23 @@ static uint64_t merge_same(struct region *r, const uint8_t *bm, uint64_t nbits,
 	for (c = c0; c <= c1; c++) {
 		uint64_t base = c * HBM_CHUNK_PAGES, npg = hbm_chunk_pages(&r->bm, c);
 		unsigned int j, nw = (unsigned int)((npg + 63) / 64);
-		bool all = true;
 		uint64_t n = 0;
+		int kind = -1;
 
+		/* The common case: a whole chunk, word aligned with the source. */
+		if (npg == HBM_CHUNK_PAGES && base >= p0 && base + npg <= p1)
+			kind = chunk_direct(bm, nbits, (int64_t)base - off, words);
+		if (kind == 2) {
+			hbm_mark(&r->bm, base, npg);	/* one "full" bit */
+			total += npg;
+			continue;
+		}
+		if (kind >= 0) {
+			total += kind ? hbm_or_chunk(&r->bm, c, words, nw) : 0;
+			continue;
+		}
 		for (j = 0; j < nw; j++) {
-			uint64_t pg = base + (uint64_t)j * 64, v, m = ~0ull;
+			uint64_t pg = base + (uint64_t)j * 64, m = ~0ull;
 
 			if (pg + 64 <= p0 || pg >= p1) {
 				m = 0;
@@ -390,15 +425,11 @@ static uint64_t merge_same(struct region *r, const uint8_t *bm, uint64_t nbits,
 				if (pg + 64 > p1)
 					m &= (1ull << (p1 - pg)) - 1;
 			}
-			v = m ? foreign_bits(bm, nbits, (int64_t)pg - off) & m : 0;
-			words[j] = v;
-			n += (uint64_t)__builtin_popcountll(v);
-			if (v != (npg - (uint64_t)j * 64 >= 64 ? ~0ull :
-				  (1ull << (npg - (uint64_t)j * 64)) - 1))
-				all = false;
+			words[j] = m ? foreign_bits(bm, nbits, (int64_t)pg - off) & m : 0;
+			n += hbm_popcount(words[j]);
 		}
-		if (all)
-			hbm_mark(&r->bm, base, npg);	/* dense: one "full" bit */
+		if (n == npg)
+			hbm_mark(&r->bm, base, npg);
 		else if (n)
 			hbm_or_chunk(&r->bm, c, words, nw);
 		total += n;
