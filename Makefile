@@ -41,11 +41,11 @@ BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
 LIB_CFLAGS  := $(BASE_CFLAGS) -fPIC -fvisibility=hidden
 
 # Recursive on purpose: pkg-config runs only after `deps` installed it.
-URCU_LIBS  = $$(pkg-config --libs liburcu-bp)
+URCU_LIBS  = $$(pkg-config --libs liburcu-bp liburcu-cds)
 CHECK_LIBS = $$(pkg-config --libs check)
 LIB_LIBS   = $(URCU_LIBS) -pthread
 
-LIB_SRCS := $(wildcard libdirty/*.c) $(wildcard hv-adapters/*.c)
+LIB_SRCS := $(wildcard libdirty/*.c) $(wildcard hv-adapters/*.c) $(wildcard guest-agent/guest*.c)
 LIB_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS))
 LIB_HDRS := $(wildcard include/*.h include/libdirty/*.h libdirty/*.h)
 
@@ -127,12 +127,13 @@ demo: all
 	@exit 2
 
 install: lib
-	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/libdirty $(DESTDIR)$(PKGCONFIGDIR)
 	install -m 0755 $(SOLIB) $(DESTDIR)$(LIBDIR)/
 	ln -sf libdirty.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libdirty.so
 	install -m 0644 $(ARLIB) $(DESTDIR)$(LIBDIR)/
 	install -m 0644 include/libdirty.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 0644 include/libdirty/*.h $(DESTDIR)$(INCLUDEDIR)/libdirty/
 	# Generated here so it names the PREFIX/LIBDIR of this very install.
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
@@ -141,7 +142,9 @@ install: lib
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libdirty.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME) \
 	      $(DESTDIR)$(LIBDIR)/libdirty.so $(DESTDIR)$(LIBDIR)/libdirty.a \
-	      $(DESTDIR)$(INCLUDEDIR)/libdirty.h $(DESTDIR)$(PKGCONFIGDIR)/libdirty.pc
+	      $(DESTDIR)$(INCLUDEDIR)/libdirty.h $(DESTDIR)$(PKGCONFIGDIR)/libdirty.pc \
+	      $(addprefix $(DESTDIR)$(INCLUDEDIR)/libdirty/,$(notdir $(wildcard include/libdirty/*.h)))
+	-rmdir $(DESTDIR)$(INCLUDEDIR)/libdirty 2>/dev/null
 
 clean:
 	rm -rf build

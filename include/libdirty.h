@@ -187,6 +187,77 @@ int dirty_memsrc_new(struct dirty_view *view, uint64_t gpa, uint64_t len,
 		     uint64_t page_size, struct dirty_source **out);
 int dirty_memsrc_mark(struct dirty_source *src, uint64_t gpa, uint64_t len);
 
+/* ---- the guest bitmap protocol: host side ------------------------------ */
+
+/*
+ * The host creates the shared region (libdirty/proto.h), hands its fd to
+ * the VMM (QEMU ivshmem-plain with a memory-backend-file, or any shared
+ * mapping) and attaches it to the view as a PRECISE source. Geometry is
+ * the host's own: nothing the guest writes into the region is trusted for
+ * an address or a length.
+ */
+struct dirty_gp;
+
+enum dirty_gp_pinned {
+	/* Pinned pages are marked dirty every sync (resent each round). */
+	DIRTY_GP_PINNED_SEND = 0,
+	/*
+	 * Pinned pages are left to the final round; a caller that skips a
+	 * pinned page it claimed hands it to dirty_gp_defer(), which carries
+	 * it until it is unpinned (then marked) or until final.
+	 */
+	DIRTY_GP_PINNED_DEFER = 1,
+};
+
+enum dirty_gp_fallback {
+	/* Unhealthy guest at final: every covered page is marked dirty. */
+	DIRTY_GP_FALLBACK_ALL_DIRTY = 0,
+	/* Unhealthy guest at final: final fails (-EHOSTDOWN), so the caller aborts. */
+	DIRTY_GP_FALLBACK_ABORT = 1,
+};
+
+struct dirty_gp_config {
+	uint64_t gpa, len;	/* guest-physical range the guest reports on */
+	uint64_t page_size;	/* 0: 4 KiB */
+	const char *path;	/* create this file (must not exist); NULL: a memfd */
+	unsigned int pinned;	/* enum dirty_gp_pinned */
+	unsigned int fallback;	/* enum dirty_gp_fallback */
+	unsigned int heartbeat_timeout_ms;	/* 0: no heartbeat required */
+	unsigned int ack_timeout_ms;	/* 0: 1000 */
+};
+
+int dirty_gp_create(struct dirty_view *view, const struct dirty_gp_config *cfg,
+		    struct dirty_gp **out);
+/* Detach and free; the view frees it too if it goes first. */
+void dirty_gp_destroy(struct dirty_gp *gp);
+int dirty_gp_fd(const struct dirty_gp *gp);
+uint64_t dirty_gp_size(const struct dirty_gp *gp);
+struct dirty_source *dirty_gp_source(struct dirty_gp *gp);
+
+/*
+ * Ask guests to start (on) or stop setting dirty bits: raises the tracking
+ * generation. The source's start callback does this; until
+ * dirty_gp_acked() returns 1 a migration must not begin its first pass.
+ */
+int dirty_gp_track(struct dirty_gp *gp, int on);
+/* 1: acknowledged; 0: not yet; -ETIMEDOUT: past ack_timeout_ms (unhealthy). */
+int dirty_gp_acked(struct dirty_gp *gp);
+
+/* 1 if the guest holds gpa's page pinned, 0 if not, -ERANGE outside. */
+int dirty_gp_pinned(struct dirty_gp *gp, uint64_t gpa);
+/* Carry [gpa, gpa + len) until it is unpinned or final (DEFER policy). */
+int dirty_gp_defer(struct dirty_gp *gp, uint64_t gpa, uint64_t len);
+
+struct dirty_gp_health {
+	int healthy;		/* 0 once anything below went wrong (sticky) */
+	char reason[160];	/* why not, for a user */
+	uint64_t heartbeat_age_ms;	/* since the guest's heartbeat last moved */
+	uint32_t guest_state;	/* DIRTY_PROTO_GUEST_* */
+	uint64_t pin_conflicts, pin_leaks, bad_ranges;	/* guest-reported */
+	uint64_t pages_harvested, pages_pinned_sent, pages_carried;
+};
+int dirty_gp_health(struct dirty_gp *gp, struct dirty_gp_health *h);
+
 /* ---- statistics -------------------------------------------------------- */
 
 struct dirty_region_stats {

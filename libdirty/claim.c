@@ -180,7 +180,7 @@ DIRTY_API ssize_t dirty_claim_next(struct dirty_claim *cl,
 		idle++;
 	}
 out:
-	__dirty_rcu_unlock(cl->view);
+	__dirty_rcu_unlock();
 	return (ssize_t)n;
 }
 
@@ -208,7 +208,7 @@ DIRTY_API void dirty_claim_release(struct dirty_claim *cl)
 	}
 	if (r && (cl->chunks | cl->full))
 		hbm_return_group(&r->bm, cl->taken, cl->chunks, cl->full);
-	__dirty_rcu_unlock(cl->view);
+	__dirty_rcu_unlock();
 	drop_private(cl);
 }
 

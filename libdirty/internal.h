@@ -35,13 +35,15 @@ int __dirty_err(int err, const char *fmt, ...)
 #define DIRTY_TSAN 1
 #endif
 
-struct dirty_view;
 static inline void __dirty_rcu_lock(void)
 {
 	urcu_bp_read_lock();
 }
-void __dirty_rcu_unlock(struct dirty_view *view);
-void __dirty_rcu_synchronize(struct dirty_view *view);
+void __dirty_rcu_unlock(void);
+/* Wait for a grace period; must not be called inside a read section. */
+void __dirty_rcu_synchronize(void);
+/* First thing in a call_rcu callback: the grace period, seen by TSAN. */
+void __dirty_rcu_acquire(void);
 
 /*
  * A region. Geometry is immutable after publication; the bitmap and the
@@ -91,9 +93,6 @@ struct dirty_view {
 	uint64_t syncs;
 	double last_sync_time;
 	_Atomic uint64_t pages_outside;	/* relaxed: statistics only */
-#ifdef DIRTY_TSAN
-	_Atomic uint64_t tsan_rcu;
-#endif
 };
 
 /* Region containing gpa in t, or NULL. */

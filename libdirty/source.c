@@ -6,6 +6,7 @@
  * callbacks mark through the lock-free view paths.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -94,7 +95,7 @@ DIRTY_API int dirty_source_mark(struct dirty_source *src, uint64_t gpa,
 	n = __dirty_mark_locked(view, atomic_load_explicit(&view->table,
 							   memory_order_acquire),
 				gpa, len);
-	__dirty_rcu_unlock(view);
+	__dirty_rcu_unlock();
 	atomic_fetch_add_explicit(&src->marked, n, memory_order_relaxed);
 	return 0;
 }
@@ -176,18 +177,24 @@ static int sync_round(struct dirty_view *view, bool final)
 			final && s->ops->final ? s->ops->final : s->ops->sync;
 		uint64_t before = atomic_load_explicit(&s->marked,
 						       memory_order_relaxed);
-		int err = fn ? fn(s) : 0;
+		int err;
 
+		__dirty_err(0, "%s", "");	/* so the source's own message shows */
+		err = fn ? fn(s) : 0;
 		if (err > 0)
 			err = -EPROTO;	/* a positive return breaks the contract */
 		if (err < 0) {
+			char why[200];
+
+			snprintf(why, sizeof(why), "%s", *dirty_last_error() ?
+				 dirty_last_error() : strerror(-err));
 			mark_source_all(s);
 			s->errors++;
 			s->last_error = err;
 			if (!first)
-				first = __dirty_err(err, "source '%s' %s failed (%d): all its pages were marked dirty",
+				first = __dirty_err(err, "source '%s' %s failed (%s); all its pages were marked dirty",
 						    s->ops->name ? s->ops->name : "?",
-						    final ? "final sync" : "sync", err);
+						    final ? "final sync" : "sync", why);
 		}
 		now = __dirty_now();
 		s->syncs++;

@@ -38,24 +38,30 @@ double __dirty_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-void __dirty_rcu_unlock(struct dirty_view *view)
+#ifdef DIRTY_TSAN
+/* Every read-side unlock releases it; every grace period acquires it. */
+static _Atomic uint64_t tsan_rcu;
+#endif
+
+void __dirty_rcu_unlock(void)
 {
 #ifdef DIRTY_TSAN
-	atomic_fetch_add_explicit(&view->tsan_rcu, 1, memory_order_release);
-#else
-	(void)view;
+	atomic_fetch_add_explicit(&tsan_rcu, 1, memory_order_release);
 #endif
 	urcu_bp_read_unlock();
 }
 
-void __dirty_rcu_synchronize(struct dirty_view *view)
+void __dirty_rcu_acquire(void)
+{
+#ifdef DIRTY_TSAN
+	(void)atomic_load_explicit(&tsan_rcu, memory_order_acquire);
+#endif
+}
+
+void __dirty_rcu_synchronize(void)
 {
 	urcu_bp_synchronize_rcu();
-#ifdef DIRTY_TSAN
-	(void)atomic_load_explicit(&view->tsan_rcu, memory_order_acquire);
-#else
-	(void)view;
-#endif
+	__dirty_rcu_acquire();
 }
 
 static bool is_pow2(uint64_t v)
@@ -143,7 +149,7 @@ static void table_replace(struct dirty_view *view, struct region_table *nt)
 
 	/* Release: a reader that loads nt sees the regions fully built. */
 	atomic_store_explicit(&view->table, nt, memory_order_release);
-	__dirty_rcu_synchronize(view);
+	__dirty_rcu_synchronize();
 	free(old);
 }
 
@@ -298,7 +304,7 @@ DIRTY_API int dirty_view_mark(struct dirty_view *view, uint64_t gpa,
 {
 	__dirty_rcu_lock();
 	__dirty_mark_locked(view, table_get(view), gpa, len);
-	__dirty_rcu_unlock(view);
+	__dirty_rcu_unlock();
 	return 0;
 }
 
@@ -313,7 +319,7 @@ DIRTY_API int dirty_view_mark_ranges(struct dirty_view *view,
 	t = table_get(view);
 	for (size_t i = 0; i < n; i++)
 		__dirty_mark_locked(view, t, ranges[i].gpa, ranges[i].len);
-	__dirty_rcu_unlock(view);
+	__dirty_rcu_unlock();
 	return 0;
 }
 
@@ -328,7 +334,7 @@ DIRTY_API int dirty_view_mark_all(struct dirty_view *view)
 		atomic_fetch_add_explicit(&t->r[i]->marked, t->r[i]->npages,
 					  memory_order_relaxed);
 	}
-	__dirty_rcu_unlock(view);
+	__dirty_rcu_unlock();
 	return 0;
 }
 
@@ -554,7 +560,7 @@ int __dirty_merge_checked(struct dirty_view *view, uint64_t gpa,
 	__dirty_rcu_lock();
 	*marked = __dirty_merge_locked(view, table_get(view), gpa, page_size,
 				       bitmap, nbits);
-	__dirty_rcu_unlock(view);
+	__dirty_rcu_unlock();
 	return 0;
 }
 
@@ -582,7 +588,7 @@ DIRTY_API int dirty_view_count(struct dirty_view *view, uint64_t *pages,
 		p += n;
 		b += n << t->r[i]->page_shift;
 	}
-	__dirty_rcu_unlock(view);
+	__dirty_rcu_unlock();
 	if (pages)
 		*pages = p;
 	if (bytes)

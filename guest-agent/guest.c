@@ -1,0 +1,521 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * guest.c - the guest side of the bitmap protocol: open and validate a
+ * region, map/unmap/sync with per-page pin reference counts, heartbeat
+ * and the tracking handshake. Writes only the guest-owned words and the
+ * three bitmaps; reads the host-owned words; never trusts a header it has
+ * not checked against the layout it computes itself.
+ *
+ * Pin counts live in a liburcu lock-free hash table keyed by page. The
+ * races it is built around:
+ *  - A page's pin bit must be set before any caller's map returns, so a
+ *    new node is inserted only after this thread set the bit, and is
+ *    visible (count >= 1) only then.
+ *  - The last unmap drops the count to 0 ("dying"), clears the pin bit if
+ *    this process set it, and only then removes the node; a concurrent map
+ *    that finds a dying node waits for it to go and sets the bit again
+ *    before inserting its own, so the last write to the bit is its set.
+ *  - "This process set it" (owned) is sticky across retries: a set we
+ *    made is ours even if a retry finds the bit already set (by us).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <urcu/urcu-bp.h>
+#include <urcu/rculfhash.h>
+
+#include "internal.h"
+#include "libdirty/guest.h"
+#include "libdirty/proto.h"
+
+struct pin_node {
+	struct cds_lfht_node node;
+	uint64_t page;
+	_Atomic int64_t count;	/* 0: dying, being removed */
+	_Atomic bool owned;	/* this process set the pin bit */
+	struct rcu_head rcu;
+};
+
+struct dirty_guest {
+	uint8_t *base;
+	uint64_t map_size;
+	bool unmap_on_close;
+	struct dirty_proto_header *hdr;
+	uint64_t *dirty, *summary, *pin;
+	struct dirty_proto_layout lay;
+	uint64_t gpa_base, npages;
+	unsigned int page_shift;
+	uint16_t host_major, host_minor;
+	struct cds_lfht *pins;
+	_Atomic uint64_t npinned;	/* relaxed: statistics */
+	pthread_mutex_t poll_lock;
+	uint64_t acked_gen;		/* under poll_lock */
+	pthread_t agent;
+	bool agent_running;
+	_Atomic bool agent_stop;
+	unsigned int agent_interval_ms;
+};
+
+/* Guest-owned counters: relaxed adds, the host only reads them. */
+static void count(uint64_t *ctr)
+{
+	__atomic_fetch_add(ctr, 1, __ATOMIC_RELAXED);
+}
+
+static int validate(struct dirty_guest *g, uint64_t size)
+{
+	const struct dirty_proto_header *h = (const void *)g->base;
+	uint64_t magic, gpa, npages, end;
+	uint32_t hsize, shift;
+	uint16_t major, minor;
+
+	if (size < DIRTY_PROTO_HEADER_SIZE)
+		return __dirty_err(-EINVAL, "region of %llu bytes is smaller than its 4096-byte header",
+				   (unsigned long long)size);
+	magic = __atomic_load_n(&h->magic, __ATOMIC_ACQUIRE);
+	if (magic != DIRTY_PROTO_MAGIC)
+		return __dirty_err(-EPROTO, "not a libdirty region (magic %#llx, want %#llx); is the host's region attached?",
+				   (unsigned long long)magic, DIRTY_PROTO_MAGIC);
+	major = h->major;
+	minor = h->minor;
+	if (major != DIRTY_PROTO_MAJOR)
+		return __dirty_err(-EPROTONOSUPPORT, "region speaks protocol v%u.%u; this guest library speaks v%u.x: upgrade the guest side",
+				   major, minor, DIRTY_PROTO_MAJOR);
+	hsize = h->header_size;
+	shift = h->page_shift;
+	gpa = h->gpa_base;
+	npages = h->npages;
+	if (hsize != DIRTY_PROTO_HEADER_SIZE || shift < 12 || shift > 40)
+		return __dirty_err(-EPROTO, "region header is malformed (header_size %u, page_shift %u)",
+				   hsize, shift);
+	if (dirty_proto_layout(npages, &g->lay) ||
+	    gpa & ((1ull << shift) - 1) ||
+	    __builtin_add_overflow(gpa, npages << shift, &end) ||
+	    (npages << shift) >> shift != npages)
+		return __dirty_err(-EPROTO, "region covers an impossible range (base %#llx, %llu pages of 2^%u)",
+				   (unsigned long long)gpa, (unsigned long long)npages, shift);
+	if (h->dirty_off != g->lay.dirty_off || h->dirty_len != g->lay.dirty_len ||
+	    h->summary_off != g->lay.summary_off || h->summary_len != g->lay.summary_len ||
+	    h->pin_off != g->lay.pin_off || h->pin_len != g->lay.pin_len ||
+	    h->region_size != g->lay.region_size)
+		return __dirty_err(-EPROTO, "region bitmaps are not where protocol v1 puts them for %llu pages",
+				   (unsigned long long)npages);
+	if (g->lay.region_size > size)
+		return __dirty_err(-EINVAL, "region needs %llu bytes but only %llu are mapped",
+				   (unsigned long long)g->lay.region_size,
+				   (unsigned long long)size);
+	g->gpa_base = gpa;
+	g->npages = npages;
+	g->page_shift = shift;
+	g->host_major = major;
+	g->host_minor = minor;
+	return 0;
+}
+
+DIRTY_API int dirty_guest_open_mem(void *base, uint64_t size,
+				   struct dirty_guest **out)
+{
+	struct dirty_guest *g;
+	int err;
+
+	if (!base)
+		return __dirty_err(-EINVAL, "dirty_guest_open_mem: NULL base");
+	g = calloc(1, sizeof(*g));
+	if (!g)
+		return __dirty_err(-ENOMEM, "dirty_guest_open: out of memory");
+	g->base = base;
+	g->map_size = size;
+	err = validate(g, size);
+	if (err) {
+		free(g);
+		return err;
+	}
+	g->hdr = (struct dirty_proto_header *)g->base;
+	g->dirty = (uint64_t *)(g->base + g->lay.dirty_off);
+	g->summary = (uint64_t *)(g->base + g->lay.summary_off);
+	g->pin = (uint64_t *)(g->base + g->lay.pin_off);
+	g->pins = cds_lfht_new_flavor(1024, 1024, 0,
+				      CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
+				      &urcu_bp_flavor, NULL);
+	if (!g->pins) {
+		free(g);
+		return __dirty_err(-ENOMEM, "dirty_guest_open: cannot create the pin table");
+	}
+	pthread_mutex_init(&g->poll_lock, NULL);
+	__atomic_store_n(&g->hdr->guest.major, DIRTY_PROTO_MAJOR, __ATOMIC_RELAXED);
+	__atomic_store_n(&g->hdr->guest.minor, DIRTY_PROTO_MINOR, __ATOMIC_RELAXED);
+	/* Release: the host that sees RUNNING sees our version too. */
+	__atomic_store_n(&g->hdr->guest.state, DIRTY_PROTO_GUEST_RUNNING,
+			 __ATOMIC_RELEASE);
+	*out = g;
+	return 0;
+}
+
+DIRTY_API int dirty_guest_open_fd(int fd, struct dirty_guest **out)
+{
+	struct stat st;
+	void *base;
+	int err;
+
+	if (fstat(fd, &st) < 0)
+		return __dirty_err(-errno, "cannot stat the region fd: %s", strerror(errno));
+	if (st.st_size < DIRTY_PROTO_HEADER_SIZE)
+		return __dirty_err(-EINVAL, "region file of %lld bytes is smaller than its header; did the host create it?",
+				   (long long)st.st_size);
+	base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (base == MAP_FAILED)
+		return __dirty_err(-errno, "cannot map the region: %s", strerror(errno));
+	err = dirty_guest_open_mem(base, (uint64_t)st.st_size, out);
+	if (err) {
+		munmap(base, (size_t)st.st_size);
+		return err;
+	}
+	(*out)->unmap_on_close = true;
+	return 0;
+}
+
+DIRTY_API int dirty_guest_open_path(const char *path, struct dirty_guest **out)
+{
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	int err;
+
+	if (fd < 0)
+		return __dirty_err(-errno, "cannot open region %s: %s", path, strerror(errno));
+	err = dirty_guest_open_fd(fd, out);
+	close(fd);	/* the mapping keeps the region */
+	return err;
+}
+
+/* Pages [*first, *first + *n) of [gpa, gpa + len), or -ERANGE. */
+static int pages_of(struct dirty_guest *g, uint64_t gpa, uint64_t len,
+		    uint64_t *first, uint64_t *n)
+{
+	uint64_t end, ps = 1ull << g->page_shift;
+
+	if (__builtin_add_overflow(gpa, len, &end) || gpa < g->gpa_base ||
+	    end > g->gpa_base + (g->npages << g->page_shift)) {
+		count(&g->hdr->guest.bad_ranges);
+		return __dirty_err(-ERANGE, "[%#llx, +%#llx) is outside the tracked range [%#llx, +%#llx)",
+				   (unsigned long long)gpa, (unsigned long long)len,
+				   (unsigned long long)g->gpa_base,
+				   (unsigned long long)(g->npages << g->page_shift));
+	}
+	*first = (gpa - g->gpa_base) >> g->page_shift;
+	*n = len ? ((end - g->gpa_base + ps - 1) >> g->page_shift) - *first : 0;
+	return 0;
+}
+
+static bool dir_ok(enum dirty_dma_dir dir)
+{
+	return dir == DIRTY_TO_DEVICE || dir == DIRTY_FROM_DEVICE ||
+	       dir == DIRTY_BIDIRECTIONAL;
+}
+
+static unsigned long hash_page(uint64_t p)
+{
+	p ^= p >> 33;
+	p *= 0xff51afd7ed558ccdull;
+	p ^= p >> 33;
+	p *= 0xc4ceb9fe1a85ec53ull;
+	p ^= p >> 33;
+	return (unsigned long)p;
+}
+
+static int match_page(struct cds_lfht_node *node, const void *key)
+{
+	return caa_container_of(node, struct pin_node, node)->page ==
+	       *(const uint64_t *)key;
+}
+
+static void free_node(struct rcu_head *head)
+{
+	__dirty_rcu_acquire();
+	free(caa_container_of(head, struct pin_node, rcu));
+}
+
+static struct pin_node *lookup(struct dirty_guest *g, uint64_t p)
+{
+	struct cds_lfht_iter it;
+	struct cds_lfht_node *n;
+
+	cds_lfht_lookup(g->pins, hash_page(p), match_page, &p, &it);
+	n = cds_lfht_iter_get_node(&it);
+	return n ? caa_container_of(n, struct pin_node, node) : NULL;
+}
+
+/* Take one reference on page p. Inside an RCU read section. */
+static int pin_get(struct dirty_guest *g, uint64_t p)
+{
+	struct pin_node *node, *fresh = NULL;
+	bool owned = false;
+
+	for (;;) {
+		node = lookup(g, p);
+		if (node) {
+			int64_t c = atomic_load(&node->count);
+
+			while (c > 0) {
+				if (atomic_compare_exchange_weak(&node->count, &c, c + 1)) {
+					if (owned)
+						atomic_store(&node->owned, true);
+					free(fresh);
+					return 0;
+				}
+			}
+			/* Dying: its remover clears the bit, then unlinks it. */
+			sched_yield();
+			continue;
+		}
+		/* The bit first: nobody may see count >= 1 without it. */
+		if (!dirty_proto_pin(g->pin, p))
+			owned = true;
+		if (!fresh) {
+			fresh = calloc(1, sizeof(*fresh));
+			if (!fresh)
+				return -ENOMEM;
+			fresh->page = p;
+			cds_lfht_node_init(&fresh->node);
+		}
+		atomic_store_explicit(&fresh->count, 1, memory_order_relaxed);
+		atomic_store_explicit(&fresh->owned, owned, memory_order_relaxed);
+		/* add_unique publishes the node with release semantics. */
+		if (cds_lfht_add_unique(g->pins, hash_page(p), match_page, &p,
+					&fresh->node) == &fresh->node) {
+			atomic_fetch_add_explicit(&g->npinned, 1, memory_order_relaxed);
+			return 0;
+		}
+	}
+}
+
+/* Drop one reference on page p. Inside an RCU read section. */
+static int pin_put(struct dirty_guest *g, uint64_t p)
+{
+	struct pin_node *node = lookup(g, p);
+	int64_t c;
+
+	if (!node)
+		return -ENOENT;
+	c = atomic_load(&node->count);
+	do {
+		if (c <= 0)
+			return -ENOENT;	/* another unmap took the last reference */
+	} while (!atomic_compare_exchange_weak(&node->count, &c, c - 1));
+	if (c > 1)
+		return 0;
+	if (atomic_load(&node->owned))
+		dirty_proto_unpin(g->pin, p);
+	else
+		count(&g->hdr->guest.pin_conflicts);	/* someone else's pin: left set */
+	/* Unlink only after the bit is cleared: see the file comment. */
+	cds_lfht_del(g->pins, &node->node);
+	atomic_fetch_sub_explicit(&g->npinned, 1, memory_order_relaxed);
+	urcu_bp_call_rcu(&node->rcu, free_node);
+	return 0;
+}
+
+static bool tracking(struct dirty_guest *g)
+{
+	/* Acquire pairs with the host publishing the flag before the generation. */
+	return __atomic_load_n(&g->hdr->host.flags, __ATOMIC_ACQUIRE) &
+	       DIRTY_PROTO_HOST_TRACKING;
+}
+
+DIRTY_API int dirty_guest_map(struct dirty_guest *g, uint64_t gpa,
+			      uint64_t len, enum dirty_dma_dir dir)
+{
+	uint64_t first, n, i;
+	int err;
+
+	if (!dir_ok(dir))
+		return __dirty_err(-EINVAL, "dirty_guest_map: direction %d is not TO_DEVICE, FROM_DEVICE or BIDIRECTIONAL",
+				   (int)dir);
+	err = pages_of(g, gpa, len, &first, &n);
+	if (err)
+		return err;
+	__dirty_rcu_lock();
+	for (i = 0; i < n; i++) {
+		err = pin_get(g, first + i);
+		if (err)
+			break;
+	}
+	if (err) {
+		/* Undo, so a failed map leaves no reference behind. */
+		while (i--)
+			pin_put(g, first + i);
+	}
+	__dirty_rcu_unlock();
+	if (err)
+		return __dirty_err(err, "dirty_guest_map: out of memory for pin counts");
+	return 0;
+}
+
+/* Dirty the pages if the device may have written them and tracking is on. */
+static void dirty_if(struct dirty_guest *g, uint64_t first, uint64_t n,
+		     enum dirty_dma_dir dir)
+{
+	if ((dir & DIRTY_FROM_DEVICE) && n && tracking(g))
+		dirty_proto_set_dirty_range(g->dirty, g->summary, first, n);
+}
+
+DIRTY_API int dirty_guest_unmap(struct dirty_guest *g, uint64_t gpa,
+				uint64_t len, enum dirty_dma_dir dir)
+{
+	uint64_t first, n, i, unmapped = 0;
+	int err;
+
+	if (!dir_ok(dir))
+		return __dirty_err(-EINVAL, "dirty_guest_unmap: direction %d is not TO_DEVICE, FROM_DEVICE or BIDIRECTIONAL",
+				   (int)dir);
+	err = pages_of(g, gpa, len, &first, &n);
+	if (err)
+		return err;
+	__dirty_rcu_lock();
+	/* Dirty (and summary) strictly before any pin bit is cleared. */
+	dirty_if(g, first, n, dir);
+	for (i = 0; i < n; i++)
+		if (pin_put(g, first + i))
+			unmapped++;
+	__dirty_rcu_unlock();
+	if (unmapped) {
+		count(&g->hdr->guest.bad_ranges);
+		return __dirty_err(-ENOENT, "dirty_guest_unmap: %llu of %llu pages at %#llx were not mapped",
+				   (unsigned long long)unmapped, (unsigned long long)n,
+				   (unsigned long long)gpa);
+	}
+	return 0;
+}
+
+DIRTY_API int dirty_guest_sync_for_cpu(struct dirty_guest *g, uint64_t gpa,
+				       uint64_t len, enum dirty_dma_dir dir)
+{
+	uint64_t first, n;
+	int err;
+
+	if (!dir_ok(dir))
+		return __dirty_err(-EINVAL, "dirty_guest_sync_for_cpu: bad direction %d", (int)dir);
+	err = pages_of(g, gpa, len, &first, &n);
+	if (err)
+		return err;
+	__dirty_rcu_lock();
+	dirty_if(g, first, n, dir);
+	__dirty_rcu_unlock();
+	return 0;
+}
+
+DIRTY_API int dirty_guest_sync_for_device(struct dirty_guest *g, uint64_t gpa,
+					  uint64_t len, enum dirty_dma_dir dir)
+{
+	uint64_t first, n;
+
+	/* Nothing to record: the pages stay pinned while the device owns them. */
+	if (!dir_ok(dir))
+		return __dirty_err(-EINVAL, "dirty_guest_sync_for_device: bad direction %d", (int)dir);
+	return pages_of(g, gpa, len, &first, &n);
+}
+
+DIRTY_API int dirty_guest_poll(struct dirty_guest *g)
+{
+	uint64_t gen;
+	int acked = 0;
+
+	pthread_mutex_lock(&g->poll_lock);
+	__atomic_fetch_add(&g->hdr->guest.heartbeat, 1, __ATOMIC_RELEASE);
+	gen = __atomic_load_n(&g->hdr->host.track_gen, __ATOMIC_ACQUIRE);
+	if (gen != g->acked_gen) {
+		/*
+		 * Every operation that could have read the tracking flag
+		 * before the host set it ends before this returns; every one
+		 * that starts later reads it set.
+		 */
+		__dirty_rcu_synchronize();
+		__atomic_store_n(&g->hdr->guest.ack_gen, gen, __ATOMIC_RELEASE);
+		g->acked_gen = gen;
+		acked = 1;
+	}
+	pthread_mutex_unlock(&g->poll_lock);
+	return acked;
+}
+
+static void *agent_main(void *arg)
+{
+	struct dirty_guest *g = arg;
+	struct timespec ts = {
+		.tv_sec = g->agent_interval_ms / 1000,
+		.tv_nsec = (long)(g->agent_interval_ms % 1000) * 1000000L,
+	};
+
+	while (!atomic_load(&g->agent_stop)) {
+		dirty_guest_poll(g);
+		nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
+DIRTY_API int dirty_guest_agent_start(struct dirty_guest *g,
+				      unsigned int interval_ms)
+{
+	int err;
+
+	if (g->agent_running)
+		return __dirty_err(-EBUSY, "dirty_guest_agent_start: already running");
+	g->agent_interval_ms = interval_ms ? interval_ms : 1;
+	atomic_store(&g->agent_stop, false);
+	err = pthread_create(&g->agent, NULL, agent_main, g);
+	if (err)
+		return __dirty_err(-err, "dirty_guest_agent_start: %s", strerror(err));
+	g->agent_running = true;
+	return 0;
+}
+
+DIRTY_API int dirty_guest_info(struct dirty_guest *g,
+			       struct dirty_guest_info *info)
+{
+	info->gpa_base = g->gpa_base;
+	info->npages = g->npages;
+	info->page_size = 1ull << g->page_shift;
+	info->host_major = g->host_major;
+	info->host_minor = g->host_minor;
+	info->tracking = tracking(g);
+	info->pinned_pages = atomic_load_explicit(&g->npinned, memory_order_relaxed);
+	return 0;
+}
+
+DIRTY_API void dirty_guest_close(struct dirty_guest *g)
+{
+	struct cds_lfht_iter it;
+	struct pin_node *node;
+	uint64_t left;
+
+	if (!g)
+		return;
+	if (g->agent_running) {
+		atomic_store(&g->agent_stop, true);
+		pthread_join(g->agent, NULL);
+	}
+	/* Open mappings keep their pins: the host resends them, never loses them. */
+	left = atomic_load(&g->npinned);
+	if (left)
+		__atomic_fetch_add(&g->hdr->guest.pin_leaks, left, __ATOMIC_RELAXED);
+	__atomic_store_n(&g->hdr->guest.state, DIRTY_PROTO_GUEST_STOPPED,
+			 __ATOMIC_RELEASE);
+	__dirty_rcu_lock();
+	cds_lfht_for_each_entry(g->pins, &it, node, node) {
+		cds_lfht_del(g->pins, &node->node);
+		urcu_bp_call_rcu(&node->rcu, free_node);
+	}
+	__dirty_rcu_unlock();
+	urcu_bp_barrier();	/* every free_node has run */
+	cds_lfht_destroy(g->pins, NULL);
+	pthread_mutex_destroy(&g->poll_lock);
+	if (g->unmap_on_close)
+		munmap(g->base, g->map_size);
+	free(g);
+}

@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libdirty/guest.h - guest-side API of the bitmap protocol: what a guest
+ * driver (or the guest agent) calls around DMA.
+ *
+ *   map            before the device may touch [gpa, gpa + len): pins pages
+ *   sync_for_cpu   the device finished writing, the CPU will look: dirties
+ *   sync_for_device the CPU is handing the buffer back to the device
+ *   unmap          the device is done with the mapping: dirties, then unpins
+ *
+ * FROM_DEVICE and BIDIRECTIONAL dirty on sync_for_cpu and unmap; TO_DEVICE
+ * never dirties. A page's pin bit stays set while any mapping of it exists
+ * in this process (reference counted); a pin bit this process found set by
+ * another client is never cleared by it (counted in the region's
+ * pin_conflicts). All calls are thread-safe and return 0 or -errno; the
+ * calling thread's message is in dirty_last_error().
+ */
+#ifndef LIBDIRTY_GUEST_H
+#define LIBDIRTY_GUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct dirty_guest;
+
+enum dirty_dma_dir {
+	DIRTY_TO_DEVICE = 1,
+	DIRTY_FROM_DEVICE = 2,
+	DIRTY_BIDIRECTIONAL = 3,
+};
+
+/*
+ * Open a region the host created: a /dev/shm file, a memfd, or a PCI BAR
+ * resource file (ivshmem). The mapping may be larger than the region (a
+ * BAR is a power of two). Refuses, with a message saying why, a region
+ * that is not version 1 or whose geometry is inconsistent.
+ */
+int dirty_guest_open_fd(int fd, struct dirty_guest **out);
+int dirty_guest_open_path(const char *path, struct dirty_guest **out);
+/* Memory already mapped by the caller (a bare payload, a test). */
+int dirty_guest_open_mem(void *base, uint64_t size, struct dirty_guest **out);
+/*
+ * Close. Mappings still open keep their pins set (counted as pin_leaks):
+ * the host then keeps resending those pages, which is safe.
+ */
+void dirty_guest_close(struct dirty_guest *g);
+
+int dirty_guest_map(struct dirty_guest *g, uint64_t gpa, uint64_t len,
+		    enum dirty_dma_dir dir);
+int dirty_guest_unmap(struct dirty_guest *g, uint64_t gpa, uint64_t len,
+		      enum dirty_dma_dir dir);
+int dirty_guest_sync_for_cpu(struct dirty_guest *g, uint64_t gpa,
+			     uint64_t len, enum dirty_dma_dir dir);
+int dirty_guest_sync_for_device(struct dirty_guest *g, uint64_t gpa,
+				uint64_t len, enum dirty_dma_dir dir);
+
+/*
+ * Heartbeat and handshake: bump the heartbeat and, if the host raised the
+ * tracking generation, wait until no thread of this process can still be
+ * inside an operation that saw tracking off (an RCU grace period), then
+ * acknowledge. Returns 1 if it acknowledged a new generation, 0 if there
+ * was nothing new. Call it periodically, or run dirty_guest_agent_start().
+ */
+int dirty_guest_poll(struct dirty_guest *g);
+/* A thread that polls every interval_ms until dirty_guest_close(). */
+int dirty_guest_agent_start(struct dirty_guest *g, unsigned int interval_ms);
+
+struct dirty_guest_info {
+	uint64_t gpa_base, npages, page_size;
+	uint16_t host_major, host_minor;
+	int tracking;		/* the host's tracking flag as last seen */
+	uint64_t pinned_pages;	/* pages this process holds pinned */
+};
+int dirty_guest_info(struct dirty_guest *g, struct dirty_guest_info *info);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LIBDIRTY_GUEST_H */

@@ -1,0 +1,435 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_gproto.c - the guest bitmap protocol end to end in one process:
+ * the host creates the region and attaches it to a view, the guest
+ * library opens it through the fd, and every test checks which pages the
+ * view hands out afterwards. Covers directions, bit edges, reference
+ * counts, pin conflicts, version refusal, the tracking handshake, pinned
+ * policies, carry-over, health and the fallback at final.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "libdirty.h"
+#include "libdirty/guest.h"
+#include "libdirty/proto.h"
+#include "testutil.h"
+
+#define BASE 0x40000000ull
+#define PS 4096ull
+#define NPAGES (3 * 4096 + 77)	/* short last summary word and chunk */
+
+struct rig {
+	struct dirty_view *v;
+	struct dirty_gp *gp;
+	struct dirty_guest *g;
+	struct dirty_proto_header *shared;	/* the host's own view of the region */
+	uint8_t *map;
+};
+
+static void rig_up(struct rig *r, unsigned int pinned, unsigned int fallback,
+		   bool start)
+{
+	struct dirty_gp_config cfg = {
+		.gpa = BASE, .len = NPAGES * PS, .pinned = pinned,
+		.fallback = fallback, .ack_timeout_ms = 200,
+	};
+
+	ck_assert_int_eq(dirty_view_new(&r->v), 0);
+	ck_assert_int_eq(dirty_view_add_region(r->v, BASE, NPAGES * PS, PS, 0), 0);
+	ck_assert_int_eq(dirty_gp_create(r->v, &cfg, &r->gp), 0);
+	r->map = mmap(NULL, dirty_gp_size(r->gp), PROT_READ | PROT_WRITE, MAP_SHARED,
+		      dirty_gp_fd(r->gp), 0);
+	ck_assert_ptr_ne(r->map, MAP_FAILED);
+	r->shared = (struct dirty_proto_header *)r->map;
+	ck_assert_int_eq(dirty_guest_open_fd(dirty_gp_fd(r->gp), &r->g), 0);
+	if (start) {
+		ck_assert_int_eq(dirty_view_start(r->v), 0);
+		ck_assert_int_eq(dirty_guest_poll(r->g), 1);
+		ck_assert_int_eq(dirty_gp_acked(r->gp), 1);
+	}
+}
+
+static void rig_down(struct rig *r)
+{
+	dirty_guest_close(r->g);
+	munmap(r->map, dirty_gp_size(r->gp));
+	dirty_view_free(r->v);	/* frees the gp source too */
+}
+
+/* Claim everything and return it as a sorted list of page numbers. */
+static size_t drain(struct dirty_view *v, uint64_t *pages, size_t max)
+{
+	struct dirty_claim *cl;
+	struct dirty_run runs[32];
+	size_t n = 0;
+	ssize_t k;
+
+	ck_assert_int_eq(dirty_claim_new(v, &cl), 0);
+	while ((k = dirty_claim_next(cl, runs, 32)) > 0)
+		for (ssize_t i = 0; i < k; i++)
+			for (uint64_t a = runs[i].gpa; a < runs[i].gpa + runs[i].len; a += PS) {
+				ck_assert_uint_lt(n, max);
+				pages[n++] = (a - BASE) / PS;
+			}
+	dirty_claim_free(cl);
+	return n;
+}
+
+/* The view must hand out exactly the pages listed (ascending). */
+static void expect_pages(struct dirty_view *v, const uint64_t *want, size_t nwant)
+{
+	uint64_t *got = calloc(NPAGES, sizeof(*got));
+	size_t n = drain(v, got, NPAGES);
+
+	for (size_t i = 0; i < n && i < nwant; i++)
+		ck_assert_msg(got[i] == want[i], "page #%zu: got %lu, want %lu", i,
+			      got[i], want[i]);
+	ck_assert_msg(n == nwant, "got %zu pages, want %zu", n, nwant);
+	free(got);
+}
+
+static uint64_t gpa_of(uint64_t p)
+{
+	return BASE + p * PS;
+}
+
+START_TEST(directions)
+{
+	struct rig r;
+	static const uint64_t want[] = { 1, 2, 64, 4095, 4096, NPAGES - 1 };
+
+	rig_up(&r, DIRTY_GP_PINNED_DEFER, DIRTY_GP_FALLBACK_ALL_DIRTY, true);
+	/* FROM_DEVICE unmap dirties; BIDIRECTIONAL sync_for_cpu dirties. */
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(1), 2 * PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(1), 2 * PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(64), 100, DIRTY_BIDIRECTIONAL), 0);
+	ck_assert_int_eq(dirty_guest_sync_for_cpu(r.g, gpa_of(64), 100, DIRTY_BIDIRECTIONAL), 0);
+	/* TO_DEVICE never dirties, neither on sync nor on unmap. */
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(10), PS, DIRTY_TO_DEVICE), 0);
+	ck_assert_int_eq(dirty_guest_sync_for_cpu(r.g, gpa_of(10), PS, DIRTY_TO_DEVICE), 0);
+	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(10), PS, DIRTY_TO_DEVICE), 0);
+	/* sync_for_device records nothing. */
+	ck_assert_int_eq(dirty_guest_sync_for_device(r.g, gpa_of(64), PS, DIRTY_FROM_DEVICE), 0);
+	/* Summary word and chunk edges, and the very last page. */
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(4095), 2 * PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(4095), 2 * PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(NPAGES - 1), PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(NPAGES - 1), PS, DIRTY_FROM_DEVICE), 0);
+	/* Not in the view until the host harvests. */
+	expect_pages(r.v, NULL, 0);
+	ck_assert_int_eq(dirty_view_sync(r.v), 0);
+	expect_pages(r.v, want, sizeof(want) / sizeof(want[0]));
+	/* Harvest consumed the bits: nothing twice. */
+	ck_assert_int_eq(dirty_view_sync(r.v), 0);
+	expect_pages(r.v, NULL, 0);
+
+	/* Bad ranges and directions are refused and counted. */
+	ck_assert_int_eq(dirty_guest_map(r.g, BASE - PS, PS, DIRTY_FROM_DEVICE), -ERANGE);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(NPAGES), PS, DIRTY_FROM_DEVICE), -ERANGE);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(NPAGES - 1), UINT64_MAX, DIRTY_FROM_DEVICE), -ERANGE);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(3), PS, 0), -EINVAL);
+	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(3), PS, DIRTY_FROM_DEVICE), -ENOENT);
+	ck_assert_uint_eq(r.shared->guest.bad_ranges, 4);
+	rig_down(&r);
+}
+END_TEST
+
+START_TEST(refcounts_and_conflicts)
+{
+	struct rig r;
+	struct dirty_gp_health h;
+
+	rig_up(&r, DIRTY_GP_PINNED_DEFER, DIRTY_GP_FALLBACK_ALL_DIRTY, true);
+	ck_assert_int_eq(dirty_gp_pinned(r.gp, gpa_of(7)), 0);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(7), PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(7), PS, DIRTY_TO_DEVICE), 0);
+	ck_assert_int_eq(dirty_gp_pinned(r.gp, gpa_of(7)), 1);
+	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(7), PS, DIRTY_TO_DEVICE), 0);
+	ck_assert_msg(dirty_gp_pinned(r.gp, gpa_of(7)) == 1,
+		      "pin cleared while a mapping remains");
+	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(7), PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_gp_pinned(r.gp, gpa_of(7)), 0);
+	/* A double unmap is an error, not an underflow. */
+	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(7), PS, DIRTY_FROM_DEVICE), -ENOENT);
+
+	/* Another client (here: a raw write) pinned page 9: we never clear it. */
+	dirty_proto_pin((uint64_t *)(r.map + r.shared->pin_off), 9);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(9), PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(9), PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_gp_pinned(r.gp, gpa_of(9)), 1);
+	ck_assert_int_eq(dirty_gp_health(r.gp, &h), 0);
+	ck_assert_uint_eq(h.pin_conflicts, 1);
+
+	/* Closing with a mapping open leaves its pin and counts the leak. */
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(20), 3 * PS, DIRTY_FROM_DEVICE), 0);
+	dirty_guest_close(r.g);
+	ck_assert_int_eq(dirty_gp_pinned(r.gp, gpa_of(21)), 1);
+	ck_assert_int_eq(dirty_gp_health(r.gp, &h), 0);
+	ck_assert_uint_eq(h.pin_leaks, 3);
+	ck_assert_uint_eq(h.guest_state, DIRTY_PROTO_GUEST_STOPPED);
+	ck_assert_int_eq(dirty_guest_open_fd(dirty_gp_fd(r.gp), &r.g), 0);
+	rig_down(&r);
+}
+END_TEST
+
+START_TEST(tracking_handshake)
+{
+	struct rig r;
+	struct dirty_gp_health h;
+	struct dirty_guest_info info;
+	static const uint64_t want[] = { 5 };
+
+	rig_up(&r, DIRTY_GP_PINNED_DEFER, DIRTY_GP_FALLBACK_ALL_DIRTY, false);
+	/* Tracking off: pins are exact, dirty bits are skipped. */
+	ck_assert_int_eq(dirty_guest_info(r.g, &info), 0);
+	ck_assert_int_eq(info.tracking, 0);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(4), PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_gp_pinned(r.gp, gpa_of(4)), 1);
+	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(4), PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_gp_pinned(r.gp, gpa_of(4)), 0);
+	ck_assert_int_eq(dirty_gp_track(r.gp, 1), 0);
+	/* Not acknowledged until the guest has passed a grace period. */
+	ck_assert_int_eq(dirty_gp_acked(r.gp), 0);
+	ck_assert_int_eq(dirty_guest_poll(r.g), 1);
+	ck_assert_int_eq(dirty_gp_acked(r.gp), 1);
+	ck_assert_int_eq(dirty_guest_poll(r.g), 0);	/* nothing new */
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(5), PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(5), PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_view_sync(r.v), 0);
+	expect_pages(r.v, want, 1);	/* page 4 was before tracking */
+
+	/* No acknowledgement within the timeout: unhealthy, and it says why. */
+	ck_assert_int_eq(dirty_gp_track(r.gp, 1), 0);
+	usleep(250 * 1000);
+	ck_assert_int_eq(dirty_gp_acked(r.gp), -ETIMEDOUT);
+	ck_assert_int_eq(dirty_gp_health(r.gp, &h), 0);
+	ck_assert_int_eq(h.healthy, 0);
+	ck_assert_msg(strstr(h.reason, "acknowledge") != NULL, "reason: %s", h.reason);
+	rig_down(&r);
+}
+END_TEST
+
+START_TEST(agent_thread_acks)
+{
+	struct rig r;
+	int acked = 0;
+
+	rig_up(&r, DIRTY_GP_PINNED_DEFER, DIRTY_GP_FALLBACK_ALL_DIRTY, false);
+	ck_assert_int_eq(dirty_guest_agent_start(r.g, 1), 0);
+	ck_assert_int_eq(dirty_gp_track(r.gp, 1), 0);
+	for (int i = 0; i < 2000 && acked != 1; i++) {
+		acked = dirty_gp_acked(r.gp);
+		usleep(1000);
+	}
+	ck_assert_int_eq(acked, 1);
+	rig_down(&r);
+}
+END_TEST
+
+START_TEST(pinned_policies_and_carry_over)
+{
+	struct rig r;
+	static const uint64_t pinned[] = { 30, 31 };
+	static const uint64_t carried[] = { 40 };
+	static const uint64_t final[] = { 30, 31, 50 };
+
+	/* SEND: pinned pages come out at every sync. */
+	rig_up(&r, DIRTY_GP_PINNED_SEND, DIRTY_GP_FALLBACK_ALL_DIRTY, true);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(30), 2 * PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_view_sync(r.v), 0);
+	expect_pages(r.v, pinned, 2);
+	ck_assert_int_eq(dirty_view_sync(r.v), 0);
+	expect_pages(r.v, pinned, 2);
+	rig_down(&r);
+
+	/* DEFER: pinned pages wait; a deferred page comes out once unpinned. */
+	rig_up(&r, DIRTY_GP_PINNED_DEFER, DIRTY_GP_FALLBACK_ALL_DIRTY, true);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(30), 2 * PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(40), PS, DIRTY_TO_DEVICE), 0);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(50), PS, DIRTY_TO_DEVICE), 0);
+	ck_assert_int_eq(dirty_view_sync(r.v), 0);
+	expect_pages(r.v, NULL, 0);
+	/* The migration claimed 40 and 50 (CPU-dirtied) but skipped them: pinned. */
+	ck_assert_int_eq(dirty_gp_defer(r.gp, gpa_of(40), PS), 0);
+	ck_assert_int_eq(dirty_gp_defer(r.gp, gpa_of(50), PS), 0);
+	ck_assert_int_eq(dirty_view_sync(r.v), 0);
+	expect_pages(r.v, NULL, 0);	/* still pinned: still carried */
+	/* TO_DEVICE unmap sets no dirty bit: only the carry-over sends 40. */
+	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(40), PS, DIRTY_TO_DEVICE), 0);
+	ck_assert_int_eq(dirty_view_sync(r.v), 0);
+	expect_pages(r.v, carried, 1);
+	/* Final (device stopped): pinned and carried pages, all of them. */
+	ck_assert_int_eq(dirty_view_final(r.v), 0);
+	expect_pages(r.v, final, 3);
+	ck_assert_int_eq(dirty_gp_defer(r.gp, BASE - PS, PS), -ERANGE);
+	rig_down(&r);
+}
+END_TEST
+
+START_TEST(final_scans_without_summary)
+{
+	struct rig r;
+	uint64_t *dirty, *summary;
+	static const uint64_t want[] = { 100, NPAGES - 2 };
+
+	rig_up(&r, DIRTY_GP_PINNED_DEFER, DIRTY_GP_FALLBACK_ALL_DIRTY, true);
+	dirty = (uint64_t *)(r.map + r.shared->dirty_off);
+	summary = (uint64_t *)(r.map + r.shared->summary_off);
+	/* A guest that died between the dirty bit and its summary bit. */
+	dirty[100 / 64] |= 1ull << (100 % 64);
+	dirty[(NPAGES - 2) / 64] |= 1ull << ((NPAGES - 2) % 64);
+	/* Garbage past the last page and in unused summary bits. */
+	dirty[(NPAGES - 1) / 64] |= ~0ull << (((NPAGES - 1) % 64) + 1);
+	summary[0] |= ~0ull << 60;
+	ck_assert_int_eq(dirty_view_sync(r.v), 0);
+	expect_pages(r.v, NULL, 0);	/* pre-copy goes by the summary */
+	ck_assert_int_eq(dirty_view_final(r.v), 0);
+	expect_pages(r.v, want, 2);
+	rig_down(&r);
+}
+END_TEST
+
+START_TEST(corrupt_header_fallbacks)
+{
+	struct rig r;
+	struct dirty_gp_health h;
+	uint64_t *all = malloc(NPAGES * sizeof(*all));
+
+	for (uint64_t p = 0; p < NPAGES; p++)
+		all[p] = p;
+	/* ALL_DIRTY: a guest that scribbles on the header gets everything resent. */
+	rig_up(&r, DIRTY_GP_PINNED_DEFER, DIRTY_GP_FALLBACK_ALL_DIRTY, true);
+	r.shared->npages = 1ull << 40;
+	ck_assert_int_eq(dirty_view_sync(r.v), 0);	/* never reads npages back */
+	ck_assert_int_eq(dirty_gp_health(r.gp, &h), 0);
+	ck_assert_int_eq(h.healthy, 0);
+	ck_assert_msg(strstr(h.reason, "npages") != NULL, "reason: %s", h.reason);
+	expect_pages(r.v, NULL, 0);
+	ck_assert_int_eq(dirty_view_final(r.v), 0);
+	expect_pages(r.v, all, NPAGES);
+	rig_down(&r);
+
+	/* ABORT: final fails, and the view still marks everything (never clean). */
+	rig_up(&r, DIRTY_GP_PINNED_DEFER, DIRTY_GP_FALLBACK_ABORT, true);
+	r.shared->host.flags = 0;
+	ck_assert_int_eq(dirty_view_final(r.v), -EHOSTDOWN);
+	ck_assert_msg(strstr(dirty_last_error(), "host.flags") != NULL, "%s", dirty_last_error());
+	expect_pages(r.v, all, NPAGES);
+	rig_down(&r);
+	free(all);
+}
+END_TEST
+
+START_TEST(heartbeat_timeout)
+{
+	struct dirty_gp_config cfg = {
+		.gpa = BASE, .len = 64 * PS, .heartbeat_timeout_ms = 50,
+	};
+	struct dirty_view *v;
+	struct dirty_gp *gp;
+	struct dirty_gp_health h;
+
+	ck_assert_int_eq(dirty_view_new(&v), 0);
+	ck_assert_int_eq(dirty_gp_create(v, &cfg, &gp), 0);
+	ck_assert_int_eq(dirty_gp_health(gp, &h), 0);
+	ck_assert_int_eq(h.healthy, 1);
+	usleep(80 * 1000);
+	ck_assert_int_eq(dirty_gp_health(gp, &h), 0);
+	ck_assert_int_eq(h.healthy, 0);
+	ck_assert_msg(strstr(h.reason, "silent") != NULL, "reason: %s", h.reason);
+	dirty_gp_destroy(gp);
+	dirty_view_free(v);
+}
+END_TEST
+
+/* A region built by hand, to feed the guest's validation. */
+static uint8_t *make_region(uint64_t npages, struct dirty_proto_layout *l)
+{
+	uint8_t *m;
+	struct dirty_proto_header *h;
+
+	ck_assert_int_eq(dirty_proto_layout(npages, l), 0);
+	m = aligned_alloc(4096, l->region_size);
+	memset(m, 0, l->region_size);
+	h = (struct dirty_proto_header *)m;
+	h->magic = DIRTY_PROTO_MAGIC;
+	h->major = DIRTY_PROTO_MAJOR;
+	h->minor = DIRTY_PROTO_MINOR;
+	h->header_size = DIRTY_PROTO_HEADER_SIZE;
+	h->page_shift = 12;
+	h->gpa_base = 0;
+	h->npages = npages;
+	h->region_size = l->region_size;
+	h->dirty_off = l->dirty_off;
+	h->dirty_len = l->dirty_len;
+	h->summary_off = l->summary_off;
+	h->summary_len = l->summary_len;
+	h->pin_off = l->pin_off;
+	h->pin_len = l->pin_len;
+	return m;
+}
+
+START_TEST(guest_refuses_bad_regions)
+{
+	struct dirty_proto_layout l;
+	uint8_t *m = make_region(1000, &l);
+	struct dirty_proto_header *h = (struct dirty_proto_header *)m;
+	struct dirty_guest *g;
+
+	ck_assert_int_eq(dirty_guest_open_mem(m, l.region_size, &g), 0);
+	dirty_guest_close(g);
+	/* A newer minor is fine; a newer major is refused with a reason. */
+	h->minor = 7;
+	ck_assert_int_eq(dirty_guest_open_mem(m, l.region_size, &g), 0);
+	dirty_guest_close(g);
+	h->major = 2;
+	ck_assert_int_eq(dirty_guest_open_mem(m, l.region_size, &g), -EPROTONOSUPPORT);
+	ck_assert_msg(strstr(dirty_last_error(), "v2.7") != NULL, "%s", dirty_last_error());
+	h->major = 1;
+	h->magic ^= 1;
+	ck_assert_int_eq(dirty_guest_open_mem(m, l.region_size, &g), -EPROTO);
+	h->magic ^= 1;
+	h->pin_off += 4096;
+	ck_assert_int_eq(dirty_guest_open_mem(m, l.region_size, &g), -EPROTO);
+	h->pin_off -= 4096;
+	h->page_shift = 11;
+	ck_assert_int_eq(dirty_guest_open_mem(m, l.region_size, &g), -EPROTO);
+	h->page_shift = 12;
+	h->npages = 0;
+	ck_assert_int_eq(dirty_guest_open_mem(m, l.region_size, &g), -EPROTO);
+	h->npages = 1000;
+	h->gpa_base = UINT64_MAX - 4095;
+	ck_assert_int_eq(dirty_guest_open_mem(m, l.region_size, &g), -EPROTO);
+	h->gpa_base = 0;
+	ck_assert_int_eq(dirty_guest_open_mem(m, l.region_size - 1, &g), -EINVAL);
+	ck_assert_int_eq(dirty_guest_open_mem(m, 100, &g), -EINVAL);
+	ck_assert_int_eq(dirty_guest_open_path("/nonexistent/region", &g), -ENOENT);
+	free(m);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("gproto");
+	TCase *tc = tcase_create("protocol");
+
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, directions);
+	tcase_add_test(tc, refcounts_and_conflicts);
+	tcase_add_test(tc, tracking_handshake);
+	tcase_add_test(tc, agent_thread_acks);
+	tcase_add_test(tc, pinned_policies_and_carry_over);
+	tcase_add_test(tc, final_scans_without_summary);
+	tcase_add_test(tc, corrupt_header_fallbacks);
+	tcase_add_test(tc, heartbeat_timeout);
+	tcase_add_test(tc, guest_refuses_bad_regions);
+	suite_add_tcase(s, tc);
+	return test_run_suite(s);
+}
