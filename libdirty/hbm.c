@@ -127,11 +127,13 @@ uint64_t hbm_or_chunk(struct hbm *h, uint64_t c, const uint64_t *words,
 		if (!v)
 			continue;
 		/*
-		 * Bits already set need no RMW: a claimer that takes them
-		 * does so after this load, so it covers this mark too.
+		 * Always the RMW, even when the bits look set: it is the
+		 * release the claimer's exchange acquires, so the page
+		 * contents written before this mark are what it then reads.
+		 * A load that finds the bit set publishes nothing, and the
+		 * claimer could take the old bit and read the old contents.
 		 */
-		if ((LD(&l0[j]) & v) != v)
-			OR(&l0[j], v);
+		OR(&l0[j], v);
 		sum |= bit(j);
 		n += hbm_popcount(v);
 	}
@@ -151,8 +153,7 @@ static void mark_full(struct hbm *h, uint64_t c, uint64_t n)
 		uint64_t cnt = n < 64 - s ? n : 64 - s;
 		uint64_t m = (cnt == 64 ? ~0ull : ((1ull << cnt) - 1)) << s;
 
-		if ((LD(&h->full[g]) & m) != m)
-			OR(&h->full[g], m);
+		OR(&h->full[g], m);	/* always: the release, as in hbm_or_chunk() */
 		if ((LD(&h->lv[2][g]) & m) != m)
 			OR(&h->lv[2][g], m);
 		propagate(h, 3, g);
@@ -166,8 +167,7 @@ static void or_word(struct hbm *h, uint64_t w, uint64_t bits)
 {
 	_Atomic uint64_t *l1 = &h->lv[1][w >> 6];
 
-	if ((LD(&h->lv[0][w]) & bits) != bits)
-		OR(&h->lv[0][w], bits);
+	OR(&h->lv[0][w], bits);	/* always: the release, as in hbm_or_chunk() */
 	if (!(LD(l1) & bit(w)))
 		OR(l1, bit(w));
 	propagate(h, 2, w >> 6);

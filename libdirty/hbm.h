@@ -15,8 +15,10 @@
  * clears a stale summary bit only after re-checking the word below)
  * relies on one total order over these accesses; on x86 seq_cst loads
  * and RMWs cost the same as acquire/release ones, and there are no
- * seq_cst plain stores. Marking also releases the page contents written
- * before it to the claimer that exchanges the bit (acquire side).
+ * seq_cst plain stores. Marking releases the page contents written before
+ * it to the claimer that exchanges the bit: the level-0 (or full) word is
+ * therefore always written with an RMW, never skipped after a load that
+ * finds the bit set; only summary levels may skip that way.
  */
 #ifndef LIBDIRTY_HBM_H
 #define LIBDIRTY_HBM_H
