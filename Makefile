@@ -25,7 +25,7 @@ CFLAGS ?= -O2 -g
 SAN    ?=
 
 # Debian packages the build and tests need; `make deps` installs the missing.
-DEPS_PKGS := liburcu-dev liburing-dev libpci-dev check pkg-config
+DEPS_PKGS := liburcu-dev liburing-dev libpci-dev check pkg-config python3 spin clang libclang-rt-dev
 
 ifeq ($(SAN),asan)
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -70,7 +70,7 @@ bench: $(BENCH_BINS)
 
 deps: $(DEPS_STAMP)
 
-$(DEPS_STAMP):
+$(DEPS_STAMP): Makefile
 	@missing=""; \
 	for p in $(DEPS_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
@@ -78,7 +78,7 @@ $(DEPS_STAMP):
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "deps: installing$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	    apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $$missing >/dev/null \
 	      || { echo "deps: apt-get failed; run: apt-get install$$missing" >&2; exit 1; }; \
 	  else \
 	    echo "libdirty needs these Debian packages:$$missing" >&2; \
@@ -148,3 +148,6 @@ uninstall:
 
 clean:
 	rm -rf build
+
+# After `all` and the variables it uses: libFuzzer targets (make fuzz).
+include tests/fuzz/fuzz.mk

@@ -231,8 +231,9 @@ static unsigned long hash_page(uint64_t p)
 
 static int match_page(struct cds_lfht_node *node, const void *key)
 {
-	return caa_container_of(node, struct pin_node, node)->page ==
-	       *(const uint64_t *)key;
+	/* Acquire: pairs with the release store in pin_get (TSAN sees the publication). */
+	return __atomic_load_n(&caa_container_of(node, struct pin_node, node)->page,
+			       __ATOMIC_ACQUIRE) == *(const uint64_t *)key;
 }
 
 static void free_node(struct rcu_head *head)
@@ -281,12 +282,14 @@ static int pin_get(struct dirty_guest *g, uint64_t p)
 			fresh = calloc(1, sizeof(*fresh));
 			if (!fresh)
 				return -ENOMEM;
-			fresh->page = p;
 			cds_lfht_node_init(&fresh->node);
 		}
 		atomic_store_explicit(&fresh->count, 1, memory_order_relaxed);
 		atomic_store_explicit(&fresh->owned, owned, memory_order_relaxed);
-		/* add_unique publishes the node with release semantics. */
+		__atomic_store_n(&fresh->page, p, __ATOMIC_RELEASE);
+		/* Last, with release: a thread that matches the node (acquire in
+		 * match_page) sees count and owned; liburcu's own publication
+		 * barrier is invisible to ThreadSanitizer. */
 		if (cds_lfht_add_unique(g->pins, hash_page(p), match_page, &p,
 					&fresh->node) == &fresh->node) {
 			atomic_fetch_add_explicit(&g->npinned, 1, memory_order_relaxed);
@@ -507,7 +510,11 @@ DIRTY_API void dirty_guest_close(struct dirty_guest *g)
 	__atomic_store_n(&g->hdr->guest.state, DIRTY_PROTO_GUEST_STOPPED,
 			 __ATOMIC_RELEASE);
 	__dirty_rcu_lock();
-	cds_lfht_for_each_entry(g->pins, &it, node, node) {
+	/* By hand: cds_lfht_for_each_entry() converts the final NULL too. */
+	for (cds_lfht_first(g->pins, &it); cds_lfht_iter_get_node(&it);
+	     cds_lfht_next(g->pins, &it)) {
+		node = caa_container_of(cds_lfht_iter_get_node(&it),
+					struct pin_node, node);
 		cds_lfht_del(g->pins, &node->node);
 		urcu_bp_call_rcu(&node->rcu, free_node);
 	}

@@ -11,7 +11,7 @@ logdir=$(mktemp -d)
 trap 'rm -rf "$logdir"' EXIT
 
 case "${SAN:-}" in
-  tsan) export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}"
+  tsan) export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(cd "$(dirname "$0")" && pwd)/tsan.supp ${TSAN_OPTIONS:-}"
         export DIRTY_TEST_SCALE=${DIRTY_TEST_SCALE:-0.2} ;;
   asan) export ASAN_OPTIONS="abort_on_error=0 detect_leaks=1 ${ASAN_OPTIONS:-}"
         export UBSAN_OPTIONS="print_stacktrace=1 halt_on_error=1 ${UBSAN_OPTIONS:-}"

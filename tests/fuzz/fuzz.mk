@@ -1,0 +1,41 @@
+# tests/fuzz/fuzz.mk - libFuzzer targets; included at the end of the top
+# Makefile (it uses LIB_SRCS, LIB_HDRS, URCU_LIBS and DEPS_STAMP from it).
+#
+#   make fuzz-build   build/fuzz/fuzz_host_region, build/fuzz/fuzz_guest_open
+#   make fuzz         run each for FUZZ_SECONDS (default 300) on a copy of its
+#                     seeds in build/fuzz/corpus-<target> (kept between runs,
+#                     so finds accumulate; tests/fuzz/corpus is never written)
+#   FUZZ_ARGS=...     more libFuzzer flags, e.g. FUZZ_ARGS=-jobs=4
+#
+# The targets compile the library sources themselves: libFuzzer's coverage
+# and the sanitizers must instrument the code under test, not just the
+# harness. Crashes land in build/fuzz/<target>-crash-*; replay one with
+# build/fuzz/<target> FILE.
+
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 300
+FUZZ_ARGS    ?=
+FUZZ_OUT     := build/fuzz
+FUZZ_TARGETS := fuzz_host_region fuzz_guest_open
+FUZZ_BINS    := $(addprefix $(FUZZ_OUT)/,$(FUZZ_TARGETS))
+FUZZ_CFLAGS  := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	-fno-omit-frame-pointer -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra \
+	-Iinclude -Ilibdirty
+# Timeouts and memory limits make hangs and blow-ups findings, not stalls.
+FUZZ_RUN_FLAGS := -timeout=25 -rss_limit_mb=2048 -print_final_stats=1
+
+.PHONY: fuzz fuzz-build
+
+fuzz-build: $(FUZZ_BINS)
+
+$(FUZZ_BINS): $(FUZZ_OUT)/%: tests/fuzz/%.c $(LIB_SRCS) $(LIB_HDRS) tests/fuzz/fuzz.mk | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(LIB_SRCS) $(URCU_LIBS) -pthread
+
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  c=$(FUZZ_OUT)/corpus-$$t; mkdir -p $$c && cp tests/fuzz/corpus/$$t/* $$c/ || exit 1; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s on $$c"; \
+	  $(FUZZ_OUT)/$$t $(FUZZ_RUN_FLAGS) -max_total_time=$(FUZZ_SECONDS) \
+	    -artifact_prefix=$(FUZZ_OUT)/$$t- $(FUZZ_ARGS) $$c || exit 1; \
+	done
