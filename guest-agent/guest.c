@@ -7,16 +7,19 @@
  * not checked against the layout it computes itself.
  *
  * Pin counts live in a liburcu lock-free hash table keyed by page. The
- * races it is built around:
- *  - A page's pin bit must be set before any caller's map returns, so a
- *    new node is inserted only after this thread set the bit, and is
- *    visible (count >= 1) only then.
+ * races it is built around (checked by tests/model/gproto.pml):
+ *  - A page's pin bit must be set before any caller's map returns. A new
+ *    node is linked with count 0, so every other map of the page waits on
+ *    it; only then is the bit set, and count 1 published.
  *  - The last unmap drops the count to 0 ("dying"), clears the pin bit if
- *    this process set it, and only then removes the node; a concurrent map
- *    that finds a dying node waits for it to go and sets the bit again
- *    before inserting its own, so the last write to the bit is its set.
- *  - "This process set it" (owned) is sticky across retries: a set we
- *    made is ours even if a retry finds the bit already set (by us).
+ *    this process set it, and only then unlinks the node. A map that
+ *    finds a dying node waits for it to go; one that links a new node
+ *    after that sets the bit after the remover cleared it, so its set is
+ *    the last write. (Setting the bit before linking loses: a map that
+ *    missed in lookup sets a bit that is still set, links after the old
+ *    node's remover cleared it, and returns with the page unpinned.)
+ *  - "This process set it" (owned) is decided by that one set: a bit
+ *    found already set belongs to another client and is never cleared.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -256,7 +259,6 @@ static struct pin_node *lookup(struct dirty_guest *g, uint64_t p)
 static int pin_get(struct dirty_guest *g, uint64_t p)
 {
 	struct pin_node *node, *fresh = NULL;
-	bool owned = false;
 
 	for (;;) {
 		node = lookup(g, p);
@@ -265,36 +267,42 @@ static int pin_get(struct dirty_guest *g, uint64_t p)
 
 			while (c > 0) {
 				if (atomic_compare_exchange_weak(&node->count, &c, c + 1)) {
-					if (owned)
-						atomic_store(&node->owned, true);
 					free(fresh);
 					return 0;
 				}
 			}
-			/* Dying: its remover clears the bit, then unlinks it. */
+			/* Dying, or still being pinned: wait until it is done. */
 			sched_yield();
 			continue;
 		}
-		/* The bit first: nobody may see count >= 1 without it. */
-		if (!dirty_proto_pin(g->pin, p))
-			owned = true;
 		if (!fresh) {
 			fresh = calloc(1, sizeof(*fresh));
 			if (!fresh)
 				return -ENOMEM;
 			cds_lfht_node_init(&fresh->node);
 		}
-		atomic_store_explicit(&fresh->count, 1, memory_order_relaxed);
-		atomic_store_explicit(&fresh->owned, owned, memory_order_relaxed);
+		/* Linked with count 0: other maps wait on it as on a dying node. */
+		atomic_store_explicit(&fresh->count, 0, memory_order_relaxed);
+		/*
+		 * Release, last before linking: a thread that matches the node
+		 * (acquire in match_page) sees it initialised; liburcu's own
+		 * publication barrier is invisible to ThreadSanitizer.
+		 */
 		__atomic_store_n(&fresh->page, p, __ATOMIC_RELEASE);
-		/* Last, with release: a thread that matches the node (acquire in
-		 * match_page) sees count and owned; liburcu's own publication
-		 * barrier is invisible to ThreadSanitizer. */
 		if (cds_lfht_add_unique(g->pins, hash_page(p), match_page, &p,
-					&fresh->node) == &fresh->node) {
-			atomic_fetch_add_explicit(&g->npinned, 1, memory_order_relaxed);
-			return 0;
-		}
+					&fresh->node) != &fresh->node)
+			continue;
+		/*
+		 * The bit only now: the page's previous node is unlinked, and
+		 * its remover cleared the bit before unlinking it, so this set
+		 * is the last write to the bit before any map of p returns.
+		 */
+		atomic_store_explicit(&fresh->owned, !dirty_proto_pin(g->pin, p),
+				      memory_order_relaxed);
+		/* Release: whoever takes or drops a reference sees owned. */
+		atomic_store_explicit(&fresh->count, 1, memory_order_release);
+		atomic_fetch_add_explicit(&g->npinned, 1, memory_order_relaxed);
+		return 0;
 	}
 }
 

@@ -1,0 +1,409 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * gproto.pml - the guest bitmap protocol (DESIGN section 3) as a Promela
+ * model, checked by spin over every interleaving of guest map/sync/unmap,
+ * device DMA, CPU writes, and the host's pre-copy and final rounds.
+ * tests/t_model.sh runs it and the variants listed at the end.
+ *
+ * Property (DESIGN section 3, "the invariant"), asserted after the final
+ * round: the destination holds the page's current content, i.e. every DMA
+ * write and every CPU write made before the stops reached the destination.
+ *
+ * What runs
+ *   guest(g), g < NG (2)  driver threads of ONE guest client (one
+ *       dirty_guest, one pin table), each doing, any number of times and
+ *       in any order: a mapping of page P (map; optionally sync_for_cpu;
+ *       unmap; direction TO_DEVICE or FROM_DEVICE, chosen per mapping), or
+ *       a FROM_DEVICE sync/unmap of the neighbouring page in P's dirty word
+ *       (see "One observed page"). Both threads map P: that is where the
+ *       pin reference count, the wait on a dying node and the owned flag
+ *       race.
+ *   device  writes P any number of times while the device owns a thread's
+ *       FROM_DEVICE buffer of P (map returned, and the driver has not yet
+ *       started sync_for_cpu or unmap), until device stop. DMA writes are
+ *       logged nowhere: that is the point of the protocol.
+ *   cpu  writes P any number of times until vCPU stop; each write sets
+ *       cpulog, an always-correct stand-in for KVM's dirty log.
+ *   host policy SEND or DEFER (chosen nondeterministically); the view starts
+ *       with P (the first full pass); any number of pre-copy rounds, each a
+ *       sync (KVM log, then the guest protocol source) and a claim+send;
+ *       then device stop and vCPU stop in either order; then the final
+ *       round; then the assert.
+ *
+ * Which C each step is (by function)
+ *   dirty_if       guest-agent/guest.c dirty_if -> proto.h
+ *                  dirty_proto_set_dirty_range: fetch_or the dirty word,
+ *                  load the summary word, fetch_or the summary bit if the
+ *                  load saw it clear
+ *   pin_get        guest.c pin_get; its fetch_or is dirty_proto_pin
+ *   pin_put        guest.c pin_put; its unpin is dirty_proto_unpin
+ *   unmap          guest.c dirty_guest_unmap: dirty_if, then pin_put
+ *   sync_for_cpu   guest.c dirty_guest_sync_for_cpu: dirty_if
+ *   harvest        libdirty/gproto.c harvest: LDX+XCHG of the summary
+ *                  word, then LDX+XCHG of the dirty word; at final every
+ *                  dirty word
+ *   mark_pinned    gproto.c mark_pinned, from gp_sync_common at final and
+ *                  in every round under SEND
+ *   release_carried gproto.c release_carried: one LDA of the pin word
+ *   claim          the migration's claim from the view; under DEFER one LDA
+ *                  of the pin word (dirty_gp_pinned) and, if set,
+ *                  dirty_gp_defer instead of the send, as
+ *                  tests/test_gproto.c pinned_policies_and_carry_over does
+ *
+ * Abstractions, and why none of them hides a violation
+ *  - Content. A write bumps the page's version, a send copies it; the
+ *    property is dest == version. The model keeps behind = (dest !=
+ *    version): a write sets it, a send clears it. Versions only grow and
+ *    are only compared for equality, so this is exact, and it leaves the
+ *    number of writes, mappings and rounds unbounded with finite states.
+ *  - The device's window closes in the first step of sync_for_cpu or unmap
+ *    rather than just before it: the device may write a little longer than
+ *    the DMA API allows, which only adds behaviours.
+ *  - A send is an atomic copy of the page. A copy that overlaps a write is
+ *    the atomic copy followed by that write, which is explored too.
+ *  - One observed page. Every host loop decides page by page (harvest ORs
+ *    each dirty bit into the view on its own; pins and carried pages are
+ *    tested per bit; claims are per page), and the guest's pin table and
+ *    pin bit are per page, so another page can affect P only through the
+ *    words they share. Of those, the dirty word and the pin word are
+ *    updated by atomic RMW on separate bits and read per bit; the summary
+ *    bit is the one shared flag. So the neighbour is modelled by its
+ *    summary steps only, and P, like any page, stands for all of them.
+ *  - Direction. The C code tests only dir & DIRTY_FROM_DEVICE, so
+ *    BIDIRECTIONAL is FROM_DEVICE here. The direction is chosen when map
+ *    returns, as pin_get does not look at it. sync_for_device does nothing
+ *    in the protocol and is left out: without it a sync_for_cpu ends the
+ *    device's window, and unmap covers any later DMA anyway.
+ *  - Memory model. Spin interleaves whole steps (sequential consistency).
+ *    Each shared update in C is one atomic RMW, one step here, so no
+ *    update is lost. The other C orderings (seq_cst summary, release
+ *    unpin, acquire pin reads) decide in which pre-copy round a bit is
+ *    found. The final round scans every dirty word, and device stop and
+ *    vCPU stop (a VM pause) order all guest and device accesses before it
+ *    in any memory model, so at final what matters is each thread's program
+ *    order (dirty before unpin; pin before the buffer goes to the device),
+ *    which the model keeps.
+ *  - Pin table. The liburcu hash table is present/cnt/owned. A lookup and
+ *    its CAS are one step: a node unlinked after the lookup has count 0
+ *    (only dying nodes are unlinked), so the CAS fails as if the lookup had
+ *    found nothing. The yield-and-retry on a dying node is a blocked guard,
+ *    which adds nothing to a safety check.
+ *  - Out of scope: the tracking handshake (on and acknowledged before the
+ *    first pass, as the API requires), health and the unhealthy fallback,
+ *    a lying guest (DESIGN section 3: it only hurts itself).
+ *
+ * Variants: spin -D<NAME>[=<value>] -a tests/model/gproto.pml
+ *   PIN_GET=PIN_LINK_FIRST  (default) pin_get as guest.c does it: link the
+ *                       node with count 0, then set the bit, then publish
+ *                       count 1
+ *   PIN_GET=PIN_BIT_FIRST   the earlier pin_get: set the pin bit, then link
+ *                       the node (broken, see below)
+ *   BROKEN_UNPIN_FIRST  unmap clears the pin before setting the dirty bit
+ *   BROKEN_NO_CARRY     DEFER drops a claimed pinned page instead of
+ *                       carrying it (a TO_DEVICE unmap never dirties, so a
+ *                       CPU write made while pinned is lost)
+ *   BROKEN_FINAL_NO_PINNED  the final round does not add pinned pages
+ *   MULTI_CLIENT        each thread is its own guest client (its own
+ *                       dirty_guest and pin table; one shared pin bitmap)
+ *   NG=<n>              n guest threads (default 2)
+ * tests/t_model.sh checks that the default verifies and that
+ * PIN_BIT_FIRST and each BROKEN_* variant are rejected, each for its own
+ * fault (the BROKEN_* ones on top of the default).
+ *
+ * What the model found
+ *  - PIN_BIT_FIRST (guest.c before this model) loses a DMA write. Thread
+ *    B's lookup misses; thread A sets the bit (owned), links its node,
+ *    maps and unmaps; B's fetch_or falls between A's and A's unpin, so B
+ *    finds the bit set (owned = false); A clears the bit and unlinks; B's
+ *    add_unique now succeeds and B's map returns with the page unpinned.
+ *    A VM stop before B's unmap loses B's DMA. Fixed in guest.c.
+ *  - PIN_LINK_FIRST verifies: the page's previous node is unlinked before
+ *    ours is linked, and its remover cleared the bit before unlinking, so
+ *    our fetch_or is the last write to the bit.
+ *  - MULTI_CLIENT is rejected: the client that set a bit clears it on its
+ *    own last unmap while another client still maps the page, which
+ *    DESIGN section 3 forbids. One bit per page cannot carry two clients'
+ *    references; such clients must share one pin table (the agent). Not
+ *    part of the test; the README states the limit.
+ */
+
+#ifndef NG
+#define NG 2		/* guest driver threads */
+#endif
+
+#define PIN_BIT_FIRST  1	/* pin_get sets the bit, then links its node */
+#define PIN_LINK_FIRST 2	/* pin_get links its node, then sets the bit */
+#ifndef PIN_GET
+#define PIN_GET PIN_LINK_FIRST	/* what guest.c does */
+#endif
+
+#define TO_DEV   1	/* enum dirty_dma_dir; FROM_DEV also stands for BIDIR */
+#define FROM_DEV 2
+
+#define SEND  0		/* enum dirty_gp_pinned */
+#define DEFER 1
+
+#ifdef MULTI_CLIENT
+#define NC NG
+#define C(g) (g)	/* thread g's client, i.e. its pin table */
+#else
+#define NC 1
+#define C(g) 0
+#endif
+
+/* ---- the world ------------------------------------------------------------ */
+bool behind;		/* destination != content (see "Content") */
+bool cpulog;		/* KVM's dirty log */
+bool dstop, vstop;	/* device stopped; vCPUs stopped */
+
+/* ---- the shared region: P's bits --------------------------------------- */
+bool dirty;		/* in dirty word w */
+bool summ;		/* summary bit of w, shared with the neighbour */
+bool pin;		/* in pin word w */
+
+/* ---- each client's pin table: P's node ---------------------------------- */
+bool present[NC];	/* a node is linked */
+byte cnt[NC];		/* node->count; 0 while linked: dying (or, with
+			   PIN_LINK_FIRST, not yet pinned) */
+bool owned[NC];		/* node->owned */
+
+/* ---- thread g's mapping of P -------------------------------------------- */
+byte gdir[NG];		/* 0 while g has no mapping */
+bool dma[NG];		/* the device owns g's FROM_DEVICE buffer */
+byte ndma;		/* how many dma[] are set (derived: adds no states) */
+
+/* map returned: choose the direction; the device owns a FROM buffer. */
+inline map_returns(g)
+{
+	if
+	:: gdir[g] = TO_DEV
+	:: gdir[g] = FROM_DEV; dma[g] = 1; ndma++
+	fi
+}
+
+/* The driver saw the DMA complete: the device no longer owns the buffer. */
+inline end_dma(g)
+{
+	if
+	:: dma[g] -> dma[g] = 0; ndma--
+	:: else
+	fi
+}
+
+/* The summary half of dirty_proto_set_dirty_range: load, then maybe set. */
+inline set_summary()
+{
+	if
+	:: summ -> skip				/* proto.h:175 */
+	:: else -> summ = 1			/* proto.h:176; the host may exchange in between */
+	fi
+}
+
+/* dirty_if (guest.c:361) for g's mapping; its first step ends the window. */
+inline dirty_if(g)
+{
+	if
+	:: atomic { gdir[g] == FROM_DEV -> end_dma(g); dirty = 1 } ->	/* proto.h:174 */
+		set_summary()
+	:: else
+	fi
+}
+
+#if PIN_GET == PIN_BIT_FIRST
+/* pin_get (guest.c:255) as implemented: set the bit, then link the node. */
+inline pin_get(g)
+{
+	do							/* guest.c:260 */
+	:: atomic { present[C(g)] && cnt[C(g)] > 0 -> cnt[C(g)]++ } ->	/* :261-266 */
+		atomic {
+			if
+			:: myowned -> owned[C(g)] = 1		/* :267-268 */
+			:: else
+			fi;
+			map_returns(g)
+		}
+		break
+	:: !present[C(g)] ->					/* :261-262 */
+		atomic { myowned = myowned || !pin; pin = 1 }	/* :278-279 */
+		if						/* :290 add_unique */
+		:: atomic { !present[C(g)] ->
+			present[C(g)] = 1; cnt[C(g)] = 1; owned[C(g)] = myowned;
+			map_returns(g) }
+			break
+		:: present[C(g)]				/* lost the race: retry */
+		fi
+	/* present && cnt == 0, dying: blocked until unlinked (:273-275) */
+	od
+}
+#elif PIN_GET == PIN_LINK_FIRST
+/*
+ * The fix: link the node with count 0 first (lookups wait on it as on a
+ * dying node), then set the bit, then publish count 1. The page's previous
+ * node was unlinked before ours was linked, and its remover cleared the bit
+ * before unlinking it, so the last write to the bit is our set.
+ */
+inline pin_get(g)
+{
+	do
+	:: atomic { present[C(g)] && cnt[C(g)] > 0 -> cnt[C(g)]++; map_returns(g) }
+		break
+	:: !present[C(g)] ->
+		if
+		:: atomic { !present[C(g)] -> present[C(g)] = 1 } ->	/* add_unique */
+			atomic { myowned = !pin; pin = 1 }		/* dirty_proto_pin */
+			atomic { owned[C(g)] = myowned; cnt[C(g)] = 1;	/* publish */
+				map_returns(g) }
+			break
+		:: present[C(g)]
+		fi
+	od
+}
+#else
+#error "PIN_GET must be PIN_BIT_FIRST or PIN_LINK_FIRST"
+#endif
+
+/*
+ * pin_put (guest.c:299): the last reference clears the bit if this client
+ * set it, then unlinks. Its first step can be unmap's first (TO_DEVICE, or
+ * BROKEN_UNPIN_FIRST), so it ends the device's window too.
+ */
+inline pin_put(g)
+{
+	if							/* guest.c:306-312 */
+	:: atomic { cnt[C(g)] > 1 -> end_dma(g); cnt[C(g)]--; gdir[g] = 0; myowned = 0 }
+	:: atomic { cnt[C(g)] == 1 -> end_dma(g); cnt[C(g)] = 0 } ->
+		atomic {	/* owned is stable: joiners stored it before their map returned */
+			if
+			:: owned[C(g)] -> pin = 0		/* :313-314 */
+			:: else					/* :316 */
+			fi
+		}
+		d_step { present[C(g)] = 0; owned[C(g)] = 0; gdir[g] = 0; myowned = 0 }	/* :318 */
+	fi
+}
+
+proctype guest(byte g)
+{
+	bool myowned;
+
+	/* vCPU stop may fall between any two steps of any operation. */
+	do
+	:: pin_get(g);				/* dirty_guest_map */
+		if
+		:: skip
+		:: dirty_if(g)			/* dirty_guest_sync_for_cpu */
+		fi;
+#ifndef BROKEN_UNPIN_FIRST
+		dirty_if(g);			/* dirty_guest_unmap: guest.c:382 first */
+		pin_put(g)			/* :383-385 */
+#else
+		pin_put(g);
+		dirty_if(g)
+#endif
+	:: set_summary()			/* the neighbour's sync or unmap */
+	od unless { vstop }
+}
+
+proctype device()
+{
+	do
+	:: atomic { !dstop && ndma > 0 -> behind = 1 }	/* a DMA write to P */
+	:: dstop -> break
+	od
+}
+
+proctype cpu()
+{
+	do
+	:: atomic { !vstop -> behind = 1; cpulog = 1 }
+	:: vstop -> break
+	od
+}
+
+/* ---- host ------------------------------------------------------------------ */
+
+#ifndef BROKEN_FINAL_NO_PINNED
+#define FINAL_PIN pin		/* gp_sync_common(final) calls mark_pinned, gproto.c:315 */
+#else
+#define FINAL_PIN 0
+#endif
+
+proctype host()
+{
+	bool view, carried, policy;
+
+	if
+	:: policy = SEND
+	:: policy = DEFER
+	fi;
+	view = 1;				/* the first pass */
+	do
+	:: /* a pre-copy round: dirty_view_sync, then the claim */
+		d_step { view = view || cpulog; cpulog = 0 }	/* the KVM source */
+		/* gp_sync_common(final = false), gproto.c:295 */
+		if
+		:: summ ->				/* harvest: gproto.c:191 LDX */
+			summ = 0;			/* :193 XCHG (only the host clears: it returns 1) */
+			if
+			:: dirty ->			/* :202 LDX */
+				d_step { view = view || dirty; dirty = 0 }	/* :202 XCHG, flush_chunk */
+			:: else
+			fi
+		:: else
+		fi;
+		if
+		:: policy == SEND ->
+			d_step { view = view || pin }	/* mark_pinned, gproto.c:315 */
+		:: else
+		fi;
+		if
+		:: carried ->				/* release_carried, gproto.c:276 */
+			d_step { view = view || !pin; carried = pin }
+		:: else
+		fi;
+		/* the migration claims P */
+		if
+		:: policy == SEND && view ->
+			d_step { view = 0; behind = 0 }	/* send */
+		:: atomic { policy == DEFER && view && pin -> view = 0;	/* dirty_gp_pinned */
+#ifndef BROKEN_NO_CARRY
+			carried = 1			/* dirty_gp_defer */
+#endif
+		   }
+		:: atomic { policy == DEFER && view && !pin -> view = 0 } ->
+			behind = 0			/* send */
+		:: else
+		fi
+	:: break
+	od;
+	if
+	:: dstop = 1; vstop = 1
+	:: vstop = 1; dstop = 1
+	fi;
+	/*
+	 * The final round, alone now: dirty_view_final (the KVM log, then
+	 * gp_sync_common(final = true): every dirty word, mark_pinned,
+	 * release_carried(all)), then claim and send.
+	 */
+	d_step {
+		view = view || cpulog || dirty || carried || FINAL_PIN;
+		if :: view -> behind = 0 :: else fi
+	}
+	assert(!behind)
+}
+
+init
+{
+	byte i;
+
+	atomic {
+		behind = 1;			/* nothing sent yet */
+		run host();
+		run cpu();
+		run device();
+		do
+		:: i < NG -> run guest(i); i++
+		:: else -> break
+		od
+	}
+}
