@@ -113,7 +113,7 @@ $(BUILD)/bin/%: bench/%.c $(ARLIB)
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) -o $@ $< $(ARLIB) $(LIB_LIBS) -lm
 
 check: all
-	@BUILD=$(BUILD) SAN=$(SAN) CC="$(CC)" tests/run-tests.sh $(TEST_BINS) $(TEST_SCRIPTS)
+	@BUILD=$(BUILD) SAN=$(SAN) CC="$(CC)" tests/run-tests.sh $(TEST_BINS) $(KVM_TEST_BINS) $(TEST_SCRIPTS)
 
 asan:
 	$(MAKE) BUILD=build/asan SAN=asan check
@@ -149,5 +149,7 @@ uninstall:
 clean:
 	rm -rf build
 
-# After `all` and the variables it uses: libFuzzer targets (make fuzz).
+# After `all` and the variables they use: libFuzzer targets (make fuzz),
+# the KVM test VMM, guest payload and KVM suites.
 include tests/fuzz/fuzz.mk
+include tests/kvm/kvm.mk

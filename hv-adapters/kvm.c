@@ -1,0 +1,601 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvm.c - the KVM source: dirty bitmap, manual-protect clear-log and
+ * per-vCPU dirty rings, for a VM the caller owns. Touches only the fds,
+ * slots and vCPUs it is given; marks through the view.
+ *
+ * Citations (Documentation/virt/kvm/api.rst): with
+ * MANUAL_DIRTY_LOG_PROTECT2, KVM_GET_DIRTY_LOG no longer re-protects and
+ * KVM_CLEAR_DIRTY_LOG does, in 64-page units; ring entries are harvested
+ * with an acquire load of flags, handed back with a release store of
+ * RESET, then KVM_RESET_DIRTY_RINGS; INITIALLY_SET is never combined with
+ * a ring (QEMU lost data that way), so this file never sets it.
+ *
+ * Errors follow the view's rule: a failed ioctl marks every page of every
+ * slot dirty before the error is returned, so nothing reads as clean.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "internal.h"
+
+#define KVM_PAGE 4096ull
+
+struct kslot {
+	uint32_t slot;
+	uint64_t gpa, size, npages;
+	uint64_t *bitmap;	/* KVM_GET_DIRTY_LOG buffer */
+	uint64_t *pending;	/* clear-log: reported, not yet re-protected */
+};
+
+struct kring {
+	int vcpu_fd;
+	struct kvm_dirty_gfn *gfns;
+	uint32_t nentries;
+	uint32_t next;		/* under lock */
+	pthread_mutex_t lock;	/* this ring only: the reaper and the vCPU thread */
+};
+
+struct dirty_kvm {
+	struct dirty_source *src;
+	int vm_fd;
+	enum dirty_kvm_mode mode;
+	uint32_t ring_bytes;
+	uint64_t chunk;
+	pthread_mutex_t lock;	/* slots and the ring array; never the VMM's */
+	struct kslot *slots;
+	size_t nslots;
+	struct kring **rings;
+	size_t nrings;
+	bool tracking;
+	pthread_t reaper;
+	bool reaper_on;
+	_Atomic bool reaper_stop;
+	unsigned int reaper_us;
+};
+
+DIRTY_API int dirty_kvm_probe(int fd, struct dirty_kvm_caps *caps)
+{
+	int v;
+
+	memset(caps, 0, sizeof(*caps));
+	v = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2);
+	caps->manual_protect2 = v > 0 ? v : 0;
+	v = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING);
+	caps->ring = v > 0 ? v : 0;
+	v = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING_ACQ_REL);
+	caps->ring_acq_rel = v > 0 ? v : 0;
+	v = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP);
+	caps->ring_with_bitmap = v > 0 ? v : 0;
+	return 0;
+}
+
+DIRTY_API enum dirty_kvm_mode dirty_kvm_pick_mode(const struct dirty_kvm_caps *caps)
+{
+	if (caps->ring || caps->ring_acq_rel)
+		return DIRTY_KVM_RING;
+	if (caps->manual_protect2)
+		return DIRTY_KVM_CLEAR_LOG;
+	return DIRTY_KVM_BITMAP;
+}
+
+DIRTY_API const char *dirty_kvm_mode_name(enum dirty_kvm_mode mode)
+{
+	switch (mode) {
+	case DIRTY_KVM_AUTO: return "auto";
+	case DIRTY_KVM_BITMAP: return "bitmap";
+	case DIRTY_KVM_CLEAR_LOG: return "clear-log";
+	case DIRTY_KVM_RING: return "ring";
+	}
+	return "?";
+}
+
+static int enable_cap(int vm_fd, uint32_t cap, uint64_t arg, const char *name)
+{
+	struct kvm_enable_cap ec = { .cap = cap, .args = { arg } };
+
+	if (ioctl(vm_fd, KVM_ENABLE_CAP, &ec) < 0)
+		return __dirty_err(-errno, "KVM_ENABLE_CAP %s(%#llx) failed: %s",
+				   name, (unsigned long long)arg, strerror(errno));
+	return 0;
+}
+
+DIRTY_API int dirty_kvm_enable(int vm_fd, enum dirty_kvm_mode mode,
+			       uint32_t ring_bytes)
+{
+	struct dirty_kvm_caps caps;
+
+	dirty_kvm_probe(vm_fd, &caps);
+	if (mode == DIRTY_KVM_AUTO)
+		mode = dirty_kvm_pick_mode(&caps);
+	switch (mode) {
+	case DIRTY_KVM_BITMAP:
+		return 0;
+	case DIRTY_KVM_CLEAR_LOG:
+		if (!(caps.manual_protect2 & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE))
+			return __dirty_err(-EOPNOTSUPP, "clear-log mode needs KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, which this kernel lacks");
+		return enable_cap(vm_fd, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+				  KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+				  "MANUAL_DIRTY_LOG_PROTECT2");
+	case DIRTY_KVM_RING:
+		if (!caps.ring_acq_rel && !caps.ring)
+			return __dirty_err(-EOPNOTSUPP, "ring mode needs KVM_CAP_DIRTY_LOG_RING(_ACQ_REL), which this kernel lacks");
+		if (!ring_bytes || (ring_bytes & (ring_bytes - 1)) ||
+		    ring_bytes > (uint32_t)(caps.ring_acq_rel ? caps.ring_acq_rel : caps.ring))
+			return __dirty_err(-EINVAL, "ring size %u must be a power of two up to %d bytes",
+					   ring_bytes, caps.ring_acq_rel ? caps.ring_acq_rel : caps.ring);
+		/* ACQ_REL is the one whose ordering is defined on every arch. */
+		return caps.ring_acq_rel ?
+			enable_cap(vm_fd, KVM_CAP_DIRTY_LOG_RING_ACQ_REL, ring_bytes,
+				   "DIRTY_LOG_RING_ACQ_REL") :
+			enable_cap(vm_fd, KVM_CAP_DIRTY_LOG_RING, ring_bytes,
+				   "DIRTY_LOG_RING");
+	default:
+		return __dirty_err(-EINVAL, "unknown KVM dirty mode %d", (int)mode);
+	}
+}
+
+/* Error rule: every page of every slot is dirty. Called with kvm->lock. */
+static void mark_all_slots(struct dirty_kvm *kvm)
+{
+	for (size_t i = 0; i < kvm->nslots; i++)
+		dirty_source_mark(kvm->src, kvm->slots[i].gpa, kvm->slots[i].size);
+}
+
+static struct kslot *find_slot(struct dirty_kvm *kvm, uint32_t slot)
+{
+	for (size_t i = 0; i < kvm->nslots; i++)
+		if (kvm->slots[i].slot == slot)
+			return &kvm->slots[i];
+	return NULL;
+}
+
+static uint64_t bitmap_words(const struct kslot *s)
+{
+	return (s->npages + 63) / 64;
+}
+
+/* KVM_GET_DIRTY_LOG into s->bitmap. */
+static int get_log(struct dirty_kvm *kvm, struct kslot *s)
+{
+	struct kvm_dirty_log log = { .slot = s->slot, .dirty_bitmap = s->bitmap };
+
+	memset(s->bitmap, 0, bitmap_words(s) * 8);	/* the caller zeroes it */
+	if (ioctl(kvm->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0)
+		return __dirty_err(-errno, "KVM_GET_DIRTY_LOG on slot %#x failed: %s",
+				   s->slot, strerror(errno));
+	return 0;
+}
+
+/* Bitmap / clear-log: read each slot's log and merge what is new. */
+static int sync_logs(struct dirty_kvm *kvm)
+{
+	for (size_t i = 0; i < kvm->nslots; i++) {
+		struct kslot *s = &kvm->slots[i];
+		int err = get_log(kvm, s);
+
+		if (err)
+			return err;
+		if (kvm->mode == DIRTY_KVM_CLEAR_LOG) {
+			/*
+			 * Bits stay set until cleared: report each once, and
+			 * remember it until dirty_kvm_clear() re-protects it.
+			 */
+			for (uint64_t w = 0; w < bitmap_words(s); w++) {
+				uint64_t fresh = s->bitmap[w] & ~s->pending[w];
+
+				s->pending[w] |= s->bitmap[w];
+				s->bitmap[w] = fresh;
+			}
+		}
+		err = dirty_source_merge_bitmap(kvm->src, s->gpa, KVM_PAGE,
+						s->bitmap, s->npages);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/* Ring r: mark every harvested entry, hand it back. */
+static uint64_t harvest_ring(struct dirty_kvm *kvm, struct kring *r)
+{
+	uint64_t n = 0;
+
+	pthread_mutex_lock(&r->lock);
+	for (;;) {
+		struct kvm_dirty_gfn *e = &r->gfns[r->next & (r->nentries - 1)];
+		/* Acquire: slot and offset are valid once DIRTY is seen. */
+		uint32_t flags = __atomic_load_n(&e->flags, __ATOMIC_ACQUIRE);
+		struct kslot *s;
+
+		if (!(flags & KVM_DIRTY_GFN_F_DIRTY))
+			break;
+		s = find_slot(kvm, e->slot);
+		if (s && e->offset < s->npages)
+			dirty_source_mark(kvm->src, s->gpa + e->offset * KVM_PAGE, KVM_PAGE);
+		/* Release: KVM may reuse the entry only after we read it. */
+		__atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
+		r->next++;
+		n++;
+	}
+	pthread_mutex_unlock(&r->lock);
+	return n;
+}
+
+static int harvest_rings(struct dirty_kvm *kvm)
+{
+	uint64_t n = 0;
+
+	for (size_t i = 0; i < kvm->nrings; i++)
+		n += harvest_ring(kvm, kvm->rings[i]);
+	if (n && ioctl(kvm->vm_fd, KVM_RESET_DIRTY_RINGS) < 0)
+		return __dirty_err(-errno, "KVM_RESET_DIRTY_RINGS failed: %s", strerror(errno));
+	return 0;
+}
+
+static int kvm_sync(struct dirty_source *src)
+{
+	struct dirty_kvm *kvm = dirty_source_priv(src);
+	int err;
+
+	pthread_mutex_lock(&kvm->lock);
+	err = kvm->mode == DIRTY_KVM_RING ? harvest_rings(kvm) : sync_logs(kvm);
+	if (err)
+		mark_all_slots(kvm);
+	pthread_mutex_unlock(&kvm->lock);
+	return err;
+}
+
+static int clear_locked(struct dirty_kvm *kvm, uint64_t gpa, uint64_t len);
+
+/* Start: every page is dirty for the first round; the kernel log restarts. */
+static int kvm_start(struct dirty_source *src)
+{
+	struct dirty_kvm *kvm = dirty_source_priv(src);
+	int err = 0;
+
+	pthread_mutex_lock(&kvm->lock);
+	if (kvm->mode == DIRTY_KVM_RING) {
+		err = harvest_rings(kvm);
+	} else {
+		for (size_t i = 0; i < kvm->nslots && !err; i++)
+			err = get_log(kvm, &kvm->slots[i]);
+		for (size_t i = 0; i < kvm->nslots && !err; i++) {
+			struct kslot *s = &kvm->slots[i];
+
+			if (kvm->mode != DIRTY_KVM_CLEAR_LOG)
+				continue;
+			/* Re-protect what was logged before tracking began. */
+			memset(s->pending, 0xff, bitmap_words(s) * 8);
+			err = clear_locked(kvm, s->gpa, s->size);
+		}
+	}
+	mark_all_slots(kvm);
+	kvm->tracking = true;
+	pthread_mutex_unlock(&kvm->lock);
+	return err;
+}
+
+static int kvm_stop(struct dirty_source *src)
+{
+	struct dirty_kvm *kvm = dirty_source_priv(src);
+
+	pthread_mutex_lock(&kvm->lock);
+	kvm->tracking = false;
+	pthread_mutex_unlock(&kvm->lock);
+	return 0;
+}
+
+static void free_slot(struct kslot *s)
+{
+	free(s->bitmap);
+	free(s->pending);
+}
+
+static void kvm_destroy(struct dirty_source *src)
+{
+	struct dirty_kvm *kvm = dirty_source_priv(src);
+
+	dirty_kvm_reaper_stop(kvm);
+	for (size_t i = 0; i < kvm->nslots; i++)
+		free_slot(&kvm->slots[i]);
+	free(kvm->slots);
+	for (size_t i = 0; i < kvm->nrings; i++) {
+		munmap(kvm->rings[i]->gfns, kvm->ring_bytes);
+		pthread_mutex_destroy(&kvm->rings[i]->lock);
+		free(kvm->rings[i]);
+	}
+	free(kvm->rings);
+	pthread_mutex_destroy(&kvm->lock);
+	free(kvm);
+}
+
+static const struct dirty_source_ops kvm_ops = {
+	.version = DIRTY_SOURCE_OPS_VERSION,
+	.precision = DIRTY_PRECISE,
+	.name = "kvm",
+	.start = kvm_start,
+	.stop = kvm_stop,
+	.sync = kvm_sync,
+	.final = kvm_sync,	/* vCPUs stopped: the same harvest is complete */
+	.destroy = kvm_destroy,
+};
+
+DIRTY_API int dirty_kvm_create(struct dirty_view *view,
+			       const struct dirty_kvm_config *cfg,
+			       struct dirty_kvm **out)
+{
+	struct dirty_kvm *kvm;
+	int err;
+
+	if (!cfg || cfg->vm_fd < 0)
+		return __dirty_err(-EINVAL, "dirty_kvm_create: needs the VM fd");
+	if (cfg->mode != DIRTY_KVM_BITMAP && cfg->mode != DIRTY_KVM_CLEAR_LOG &&
+	    cfg->mode != DIRTY_KVM_RING)
+		return __dirty_err(-EINVAL, "dirty_kvm_create: mode must be the one enabled on the VM (bitmap, clear-log or ring), not %s",
+				   dirty_kvm_mode_name(cfg->mode));
+	if (cfg->mode == DIRTY_KVM_RING &&
+	    (cfg->ring_bytes < sizeof(struct kvm_dirty_gfn) ||
+	     cfg->ring_bytes & (cfg->ring_bytes - 1)))
+		return __dirty_err(-EINVAL, "ring mode needs the ring size the VM was enabled with (power of two), not %u",
+				   cfg->ring_bytes);
+	if (cfg->clear_chunk_pages % 64)
+		return __dirty_err(-EINVAL, "clear chunk of %llu pages is not a multiple of 64",
+				   (unsigned long long)cfg->clear_chunk_pages);
+	kvm = calloc(1, sizeof(*kvm));
+	if (!kvm)
+		return __dirty_err(-ENOMEM, "dirty_kvm_create: out of memory");
+	kvm->vm_fd = cfg->vm_fd;
+	kvm->mode = cfg->mode;
+	kvm->ring_bytes = cfg->ring_bytes;
+	kvm->chunk = cfg->clear_chunk_pages ? cfg->clear_chunk_pages : 4096;
+	pthread_mutex_init(&kvm->lock, NULL);
+	/* No fixed ranges: the adapter marks its own slots on error. */
+	err = dirty_source_attach(view, &kvm_ops, kvm, NULL, 0, &kvm->src);
+	if (err) {
+		pthread_mutex_destroy(&kvm->lock);
+		free(kvm);
+		return err;
+	}
+	*out = kvm;
+	return 0;
+}
+
+DIRTY_API void dirty_kvm_destroy(struct dirty_kvm *kvm)
+{
+	if (kvm)
+		dirty_source_detach(kvm->src);
+}
+
+DIRTY_API struct dirty_source *dirty_kvm_source(struct dirty_kvm *kvm)
+{
+	return kvm->src;
+}
+
+DIRTY_API int dirty_kvm_add_slot(struct dirty_kvm *kvm, uint32_t slot,
+				 uint64_t gpa, uint64_t size)
+{
+	struct kslot s = { .slot = slot, .gpa = gpa, .size = size }, *n;
+
+	if (!size || (gpa | size) & (KVM_PAGE - 1))
+		return __dirty_err(-EINVAL, "slot %#x [%#llx, +%#llx) is not 4 KiB aligned",
+				   slot, (unsigned long long)gpa, (unsigned long long)size);
+	s.npages = size / KVM_PAGE;
+	s.bitmap = calloc(bitmap_words(&s), 8);
+	s.pending = calloc(bitmap_words(&s), 8);
+	if (!s.bitmap || !s.pending) {
+		free_slot(&s);
+		return __dirty_err(-ENOMEM, "dirty_kvm_add_slot: out of memory");
+	}
+	pthread_mutex_lock(&kvm->lock);
+	if (find_slot(kvm, slot)) {
+		pthread_mutex_unlock(&kvm->lock);
+		free_slot(&s);
+		return __dirty_err(-EEXIST, "slot %#x is already registered", slot);
+	}
+	n = realloc(kvm->slots, (kvm->nslots + 1) * sizeof(*n));
+	if (!n) {
+		pthread_mutex_unlock(&kvm->lock);
+		free_slot(&s);
+		return __dirty_err(-ENOMEM, "dirty_kvm_add_slot: out of memory");
+	}
+	kvm->slots = n;
+	kvm->slots[kvm->nslots++] = s;
+	/* A slot added mid-migration has never been sent: its first round. */
+	if (kvm->tracking)
+		dirty_source_mark(kvm->src, gpa, size);
+	pthread_mutex_unlock(&kvm->lock);
+	return 0;
+}
+
+DIRTY_API int dirty_kvm_remove_slot(struct dirty_kvm *kvm, uint32_t slot)
+{
+	struct kslot *s;
+	int err = 0;
+
+	pthread_mutex_lock(&kvm->lock);
+	s = find_slot(kvm, slot);
+	if (!s) {
+		pthread_mutex_unlock(&kvm->lock);
+		return __dirty_err(-ENOENT, "slot %#x is not registered", slot);
+	}
+	/* Its last writes, while KVM still has the slot. */
+	if (kvm->tracking) {
+		if (kvm->mode == DIRTY_KVM_RING) {
+			err = harvest_rings(kvm);
+		} else if (!(err = get_log(kvm, s))) {
+			err = dirty_source_merge_bitmap(kvm->src, s->gpa, KVM_PAGE,
+							s->bitmap, s->npages);
+		}
+		if (err)
+			dirty_source_mark(kvm->src, s->gpa, s->size);
+	}
+	free_slot(s);
+	*s = kvm->slots[--kvm->nslots];
+	pthread_mutex_unlock(&kvm->lock);
+	return err;
+}
+
+DIRTY_API int dirty_kvm_add_vcpu(struct dirty_kvm *kvm, int vcpu_fd)
+{
+	struct kring *r, **n;
+	long psz = sysconf(_SC_PAGESIZE);
+	int idx;
+
+	if (kvm->mode != DIRTY_KVM_RING)
+		return __dirty_err(-EINVAL, "dirty_kvm_add_vcpu: only ring mode reads vCPU rings");
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return __dirty_err(-ENOMEM, "dirty_kvm_add_vcpu: out of memory");
+	r->gfns = mmap(NULL, kvm->ring_bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+		       vcpu_fd, (off_t)KVM_DIRTY_LOG_PAGE_OFFSET * psz);
+	if (r->gfns == MAP_FAILED) {
+		int e = errno;
+
+		free(r);
+		return __dirty_err(-e, "cannot map the dirty ring of vCPU fd %d: %s (was the ring enabled before the vCPU was created?)",
+				   vcpu_fd, strerror(e));
+	}
+	r->vcpu_fd = vcpu_fd;
+	r->nentries = kvm->ring_bytes / (uint32_t)sizeof(struct kvm_dirty_gfn);
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_mutex_lock(&kvm->lock);
+	n = realloc(kvm->rings, (kvm->nrings + 1) * sizeof(*n));
+	if (!n) {
+		pthread_mutex_unlock(&kvm->lock);
+		munmap(r->gfns, kvm->ring_bytes);
+		free(r);
+		return __dirty_err(-ENOMEM, "dirty_kvm_add_vcpu: out of memory");
+	}
+	kvm->rings = n;
+	idx = (int)kvm->nrings;
+	kvm->rings[kvm->nrings++] = r;
+	pthread_mutex_unlock(&kvm->lock);
+	return idx;
+}
+
+DIRTY_API int dirty_kvm_ring_full(struct dirty_kvm *kvm)
+{
+	int err;
+
+	pthread_mutex_lock(&kvm->lock);
+	err = harvest_rings(kvm);
+	if (err)
+		mark_all_slots(kvm);
+	pthread_mutex_unlock(&kvm->lock);
+	return err;
+}
+
+static void *reaper_main(void *arg)
+{
+	struct dirty_kvm *kvm = arg;
+	struct timespec ts = {
+		.tv_sec = kvm->reaper_us / 1000000,
+		.tv_nsec = (long)(kvm->reaper_us % 1000000) * 1000L,
+	};
+
+	while (!atomic_load(&kvm->reaper_stop)) {
+		dirty_kvm_ring_full(kvm);
+		nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
+DIRTY_API int dirty_kvm_reaper_start(struct dirty_kvm *kvm, unsigned int interval_us)
+{
+	int err;
+
+	if (kvm->mode != DIRTY_KVM_RING)
+		return __dirty_err(-EINVAL, "the reaper is for ring mode");
+	if (kvm->reaper_on)
+		return __dirty_err(-EBUSY, "the reaper is already running");
+	kvm->reaper_us = interval_us ? interval_us : 1000;
+	atomic_store(&kvm->reaper_stop, false);
+	err = pthread_create(&kvm->reaper, NULL, reaper_main, kvm);
+	if (err)
+		return __dirty_err(-err, "cannot start the ring reaper: %s", strerror(err));
+	kvm->reaper_on = true;
+	return 0;
+}
+
+DIRTY_API void dirty_kvm_reaper_stop(struct dirty_kvm *kvm)
+{
+	if (!kvm->reaper_on)
+		return;
+	atomic_store(&kvm->reaper_stop, true);
+	pthread_join(kvm->reaper, NULL);
+	kvm->reaper_on = false;
+}
+
+/* Clear pending pages [first, first + n) of s in KVM (n: multiple of 64 or to the end). */
+static int clear_range(struct dirty_kvm *kvm, struct kslot *s, uint64_t first,
+		       uint64_t n)
+{
+	struct kvm_clear_dirty_log c = {
+		.slot = s->slot, .first_page = first, .num_pages = (uint32_t)n,
+		.dirty_bitmap = &s->pending[first / 64],
+	};
+	uint64_t any = 0;
+	int err = 0;
+
+	/* Only what was reported: a page logged but never reported stays set. */
+	for (uint64_t w = first / 64; w < (first + n + 63) / 64; w++)
+		any |= s->pending[w];
+	if (!any)
+		return 0;
+	if (ioctl(kvm->vm_fd, KVM_CLEAR_DIRTY_LOG, &c) < 0)
+		err = __dirty_err(-errno, "KVM_CLEAR_DIRTY_LOG on slot %#x pages [%llu, +%llu) failed: %s",
+				  s->slot, (unsigned long long)first,
+				  (unsigned long long)n, strerror(errno));
+	memset(&s->pending[first / 64], 0, (n + 63) / 64 * 8);
+	return err;
+}
+
+/* Re-protect [gpa, gpa + len) in clear-log mode. Called with kvm->lock. */
+static int clear_locked(struct dirty_kvm *kvm, uint64_t gpa, uint64_t len)
+{
+	int err = 0;
+
+	for (size_t i = 0; i < kvm->nslots && !err; i++) {
+		struct kslot *s = &kvm->slots[i];
+		uint64_t a, e, first, last;
+
+		if (gpa >= s->gpa + s->size || gpa + len <= s->gpa)
+			continue;
+		a = gpa > s->gpa ? gpa : s->gpa;
+		e = gpa + len < s->gpa + s->size ? gpa + len : s->gpa + s->size;
+		/*
+		 * KVM clears in 64-page units: widen outward. Safe, because
+		 * every page it re-protects is either still dirty in the view
+		 * or claimed and not yet read, and is read after this clear.
+		 */
+		first = ((a - s->gpa) / KVM_PAGE) & ~63ull;
+		last = ((e - s->gpa + KVM_PAGE - 1) / KVM_PAGE + 63) & ~63ull;
+		if (last > s->npages)
+			last = s->npages;
+		for (uint64_t p = first; p < last && !err; p += kvm->chunk)
+			err = clear_range(kvm, s, p,
+					  last - p < kvm->chunk ? last - p : kvm->chunk);
+	}
+	if (err)
+		mark_all_slots(kvm);
+	return err;
+}
+
+DIRTY_API int dirty_kvm_clear(struct dirty_kvm *kvm, uint64_t gpa, uint64_t len)
+{
+	int err;
+
+	if (kvm->mode != DIRTY_KVM_CLEAR_LOG || !len)
+		return 0;
+	pthread_mutex_lock(&kvm->lock);
+	err = clear_locked(kvm, gpa, len);
+	pthread_mutex_unlock(&kvm->lock);
+	return err;
+}
