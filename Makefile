@@ -41,7 +41,7 @@ BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
 LIB_CFLAGS  := $(BASE_CFLAGS) -fPIC -fvisibility=hidden
 
 # Recursive on purpose: pkg-config runs only after `deps` installed it.
-URCU_LIBS  = $$(pkg-config --libs liburcu-bp liburcu-cds)
+URCU_LIBS  = $$(pkg-config --libs liburcu-bp)
 CHECK_LIBS = $$(pkg-config --libs check)
 LIB_LIBS   = $(URCU_LIBS) -pthread
 

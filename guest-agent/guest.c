@@ -6,20 +6,26 @@
  * three bitmaps; reads the host-owned words; never trusts a header it has
  * not checked against the layout it computes itself.
  *
- * Pin counts live in a liburcu lock-free hash table keyed by page. The
- * races it is built around (checked by tests/model/gproto.pml):
- *  - A page's pin bit must be set before any caller's map returns. A new
- *    node is linked with count 0, so every other map of the page waits on
- *    it; only then is the bit set, and count 1 published.
- *  - The last unmap drops the count to 0 ("dying"), clears the pin bit if
- *    this process set it, and only then unlinks the node. A map that
- *    finds a dying node waits for it to go; one that links a new node
- *    after that sets the bit after the remover cleared it, so its set is
- *    the last write. (Setting the bit before linking loses: a map that
- *    missed in lookup sets a bit that is still set, links after the old
- *    node's remover cleared it, and returns with the page unpinned.)
- *  - "This process set it" (owned) is decided by that one set: a bit
+ * Pin counts live in a flat array of 32-bit atomics, one per page, mapped
+ * lazily (MAP_NORESERVE: memory follows the pages ever mapped). A count
+ * word holds the reference count, OWNED (this process set the pin bit)
+ * and BUSY (a 0<->1 transition is in progress; everyone else waits). The
+ * races it is built around (checked by tests/model/gproto.pml, where BUSY
+ * is the node "linked with count 0" or "dying"):
+ *  - A page's pin bit must be set before any caller's map returns. The
+ *    first map takes 0 -> BUSY, so every other map of the page waits;
+ *    only then is the bit set, and count 1 published.
+ *  - The last unmap takes 1 -> BUSY, clears the pin bit if this process
+ *    set it, then publishes 0. A map that arrives meanwhile waits, and
+ *    its own set of the bit comes after the clear: the last write.
+ *    (Setting the bit before claiming the word loses: a map that read 0
+ *    sets a bit that is still set, then wins 0 -> 1 after the previous
+ *    holder cleared it, and returns with the page unpinned.)
+ *  - "This process set it" (OWNED) is decided by that one set: a bit
  *    found already set belongs to another client and is never cleared.
+ * (liburcu's lock-free hash table was the first choice; its 0.13 resize
+ * can stop for good - the launch flag is set after the work is queued -
+ * and lookups then walk chains of thousands: 20 us per unmap.)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -33,19 +39,15 @@
 #include <unistd.h>
 
 #include <urcu/urcu-bp.h>
-#include <urcu/rculfhash.h>
 
 #include "internal.h"
 #include "libdirty/guest.h"
 #include "libdirty/proto.h"
 
-struct pin_node {
-	struct cds_lfht_node node;
-	uint64_t page;
-	_Atomic int64_t count;	/* 0: dying, being removed */
-	_Atomic bool owned;	/* this process set the pin bit */
-	struct rcu_head rcu;
-};
+/* A page's pin count word. */
+#define PIN_BUSY 0x80000000u	/* 0<->1 transition in progress */
+#define PIN_OWNED 0x40000000u	/* this process set the pin bit */
+#define PIN_COUNT 0x3fffffffu
 
 struct dirty_guest {
 	uint8_t *base;
@@ -57,7 +59,8 @@ struct dirty_guest {
 	uint64_t gpa_base, npages;
 	unsigned int page_shift;
 	uint16_t host_major, host_minor;
-	struct cds_lfht *pins;
+	_Atomic uint32_t *pincnt;	/* per page, see the file comment */
+	uint64_t pincnt_len;
 	_Atomic uint64_t npinned;	/* relaxed: statistics */
 	pthread_mutex_t poll_lock;
 	uint64_t acked_gen;		/* under poll_lock */
@@ -145,12 +148,15 @@ DIRTY_API int dirty_guest_open_mem(void *base, uint64_t size,
 	g->dirty = (uint64_t *)(g->base + g->lay.dirty_off);
 	g->summary = (uint64_t *)(g->base + g->lay.summary_off);
 	g->pin = (uint64_t *)(g->base + g->lay.pin_off);
-	g->pins = cds_lfht_new_flavor(1024, 1024, 0,
-				      CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
-				      &urcu_bp_flavor, NULL);
-	if (!g->pins) {
+	g->pincnt_len = g->npages * sizeof(*g->pincnt);
+	g->pincnt = mmap(NULL, g->pincnt_len, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (g->pincnt == MAP_FAILED) {
+		uint64_t n = g->npages;
+
 		free(g);
-		return __dirty_err(-ENOMEM, "dirty_guest_open: cannot create the pin table");
+		return __dirty_err(-ENOMEM, "dirty_guest_open: cannot reserve pin counts for %llu pages",
+				   (unsigned long long)n);
 	}
 	pthread_mutex_init(&g->poll_lock, NULL);
 	__atomic_store_n(&g->hdr->guest.major, DIRTY_PROTO_MAJOR, __ATOMIC_RELAXED);
@@ -222,114 +228,79 @@ static bool dir_ok(enum dirty_dma_dir dir)
 	       dir == DIRTY_BIDIRECTIONAL;
 }
 
-static unsigned long hash_page(uint64_t p)
+/* The holder of BUSY does one atomic and a store: spin briefly, then yield. */
+static uint32_t wait_not_busy(_Atomic uint32_t *c)
 {
-	p ^= p >> 33;
-	p *= 0xff51afd7ed558ccdull;
-	p ^= p >> 33;
-	p *= 0xc4ceb9fe1a85ec53ull;
-	p ^= p >> 33;
-	return (unsigned long)p;
+	uint32_t v;
+
+	for (unsigned int i = 0; (v = atomic_load_explicit(c, memory_order_acquire)) & PIN_BUSY; i++)
+		if (i > 64)
+			sched_yield();
+	return v;
 }
 
-static int match_page(struct cds_lfht_node *node, const void *key)
-{
-	/* Acquire: pairs with the release store in pin_get (TSAN sees the publication). */
-	return __atomic_load_n(&caa_container_of(node, struct pin_node, node)->page,
-			       __ATOMIC_ACQUIRE) == *(const uint64_t *)key;
-}
-
-static void free_node(struct rcu_head *head)
-{
-	__dirty_rcu_acquire();
-	free(caa_container_of(head, struct pin_node, rcu));
-}
-
-static struct pin_node *lookup(struct dirty_guest *g, uint64_t p)
-{
-	struct cds_lfht_iter it;
-	struct cds_lfht_node *n;
-
-	cds_lfht_lookup(g->pins, hash_page(p), match_page, &p, &it);
-	n = cds_lfht_iter_get_node(&it);
-	return n ? caa_container_of(n, struct pin_node, node) : NULL;
-}
-
-/* Take one reference on page p. Inside an RCU read section. */
+/* Take one reference on page p. */
 static int pin_get(struct dirty_guest *g, uint64_t p)
 {
-	struct pin_node *node, *fresh = NULL;
+	_Atomic uint32_t *c = &g->pincnt[p];
+	uint32_t v = wait_not_busy(c);
 
 	for (;;) {
-		node = lookup(g, p);
-		if (node) {
-			int64_t c = atomic_load(&node->count);
-
-			while (c > 0) {
-				if (atomic_compare_exchange_weak(&node->count, &c, c + 1)) {
-					free(fresh);
-					return 0;
-				}
-			}
-			/* Dying, or still being pinned: wait until it is done. */
-			sched_yield();
+		if (v & PIN_BUSY) {
+			v = wait_not_busy(c);
 			continue;
 		}
-		if (!fresh) {
-			fresh = calloc(1, sizeof(*fresh));
-			if (!fresh)
-				return -ENOMEM;
-			cds_lfht_node_init(&fresh->node);
+		if ((v & PIN_COUNT) == PIN_COUNT)
+			return -EOVERFLOW;
+		if (v & PIN_COUNT) {
+			if (atomic_compare_exchange_weak(c, &v, v + 1))
+				return 0;
+			continue;
 		}
-		/* Linked with count 0: other maps wait on it as on a dying node. */
-		atomic_store_explicit(&fresh->count, 0, memory_order_relaxed);
-		/*
-		 * Release, last before linking: a thread that matches the node
-		 * (acquire in match_page) sees it initialised; liburcu's own
-		 * publication barrier is invisible to ThreadSanitizer.
-		 */
-		__atomic_store_n(&fresh->page, p, __ATOMIC_RELEASE);
-		if (cds_lfht_add_unique(g->pins, hash_page(p), match_page, &p,
-					&fresh->node) != &fresh->node)
+		if (!atomic_compare_exchange_weak(c, &v, PIN_BUSY))
 			continue;
 		/*
-		 * The bit only now: the page's previous node is unlinked, and
-		 * its remover cleared the bit before unlinking it, so this set
-		 * is the last write to the bit before any map of p returns.
+		 * The bit only now, with the word BUSY: a previous holder's
+		 * clear came before it took 1 -> BUSY -> 0, so this set is
+		 * the last write to the bit before any map of p returns.
 		 */
-		atomic_store_explicit(&fresh->owned, !dirty_proto_pin(g->pin, p),
-				      memory_order_relaxed);
-		/* Release: whoever takes or drops a reference sees owned. */
-		atomic_store_explicit(&fresh->count, 1, memory_order_release);
+		v = dirty_proto_pin(g->pin, p) ? 1 : (1 | PIN_OWNED);
+		/* Release: whoever takes or drops a reference sees OWNED. */
+		atomic_store_explicit(c, v, memory_order_release);
 		atomic_fetch_add_explicit(&g->npinned, 1, memory_order_relaxed);
 		return 0;
 	}
 }
 
-/* Drop one reference on page p. Inside an RCU read section. */
+/* Drop one reference on page p. */
 static int pin_put(struct dirty_guest *g, uint64_t p)
 {
-	struct pin_node *node = lookup(g, p);
-	int64_t c;
+	_Atomic uint32_t *c = &g->pincnt[p];
+	uint32_t v = wait_not_busy(c);
 
-	if (!node)
-		return -ENOENT;
-	c = atomic_load(&node->count);
-	do {
-		if (c <= 0)
-			return -ENOENT;	/* another unmap took the last reference */
-	} while (!atomic_compare_exchange_weak(&node->count, &c, c - 1));
-	if (c > 1)
+	for (;;) {
+		if (v & PIN_BUSY) {
+			v = wait_not_busy(c);
+			continue;
+		}
+		if (!(v & PIN_COUNT))
+			return -ENOENT;	/* not mapped (or another unmap took the last) */
+		if ((v & PIN_COUNT) > 1) {
+			if (atomic_compare_exchange_weak(c, &v, v - 1))
+				return 0;
+			continue;
+		}
+		if (!atomic_compare_exchange_weak(c, &v, PIN_BUSY))
+			continue;
+		if (v & PIN_OWNED)
+			dirty_proto_unpin(g->pin, p);
+		else
+			count(&g->hdr->guest.pin_conflicts);	/* someone else's pin: left set */
+		/* After the unpin: a map waiting on BUSY sets the bit after it. */
+		atomic_store_explicit(c, 0, memory_order_release);
+		atomic_fetch_sub_explicit(&g->npinned, 1, memory_order_relaxed);
 		return 0;
-	if (atomic_load(&node->owned))
-		dirty_proto_unpin(g->pin, p);
-	else
-		count(&g->hdr->guest.pin_conflicts);	/* someone else's pin: left set */
-	/* Unlink only after the bit is cleared: see the file comment. */
-	cds_lfht_del(g->pins, &node->node);
-	atomic_fetch_sub_explicit(&g->npinned, 1, memory_order_relaxed);
-	urcu_bp_call_rcu(&node->rcu, free_node);
-	return 0;
+	}
 }
 
 static bool tracking(struct dirty_guest *g)
@@ -501,8 +472,6 @@ DIRTY_API int dirty_guest_info(struct dirty_guest *g,
 
 DIRTY_API void dirty_guest_close(struct dirty_guest *g)
 {
-	struct cds_lfht_iter it;
-	struct pin_node *node;
 	uint64_t left;
 
 	if (!g)
@@ -517,18 +486,7 @@ DIRTY_API void dirty_guest_close(struct dirty_guest *g)
 		__atomic_fetch_add(&g->hdr->guest.pin_leaks, left, __ATOMIC_RELAXED);
 	__atomic_store_n(&g->hdr->guest.state, DIRTY_PROTO_GUEST_STOPPED,
 			 __ATOMIC_RELEASE);
-	__dirty_rcu_lock();
-	/* By hand: cds_lfht_for_each_entry() converts the final NULL too. */
-	for (cds_lfht_first(g->pins, &it); cds_lfht_iter_get_node(&it);
-	     cds_lfht_next(g->pins, &it)) {
-		node = caa_container_of(cds_lfht_iter_get_node(&it),
-					struct pin_node, node);
-		cds_lfht_del(g->pins, &node->node);
-		urcu_bp_call_rcu(&node->rcu, free_node);
-	}
-	__dirty_rcu_unlock();
-	urcu_bp_barrier();	/* every free_node has run */
-	cds_lfht_destroy(g->pins, NULL);
+	munmap(g->pincnt, g->pincnt_len);
 	pthread_mutex_destroy(&g->poll_lock);
 	if (g->unmap_on_close)
 		munmap(g->base, g->map_size);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# t_bench_smoke.sh - view-bench runs, verifies its own drains, and prints
+# t_bench_smoke.sh - view-bench and proto-bench run, verifies its own drains, and prints
 # one well-formed JSON object per case with the documented keys. Timing
 # is not judged here: benchmarks measure, tests assert.
 set -euo pipefail
@@ -22,4 +22,19 @@ for c in cases:
 fr = sorted({c["dirty_fraction"] for c in cases})
 assert fr == [0.0001, 0.01, 0.1, 1.0], fr
 print("view-bench JSON OK:", len(cases), "cases")
+PY
+
+pb="$top/${BUILD:-build}/bin/proto-bench"
+[ -x "$pb" ] || { echo "FAIL: $pb not built"; exit 1; }
+"$pb" --help | grep -q -- '--json' || { echo "FAIL: proto-bench --help does not document --json"; exit 1; }
+out=$("$pb" --quick --json)
+echo "$out"
+python3 - "$out" <<'PY'
+import json, sys
+cases = [json.loads(l) for l in sys.argv[1].splitlines() if l.strip()]
+names = {c["case"] for c in cases}
+for want in ("atomic-or", "mark-proto", "unmap", "map+unmap", "dummy-write"):
+    assert any(n.startswith(want) for n in names), f"no {want} case in {sorted(names)}"
+assert any(n.startswith("harvest-") for n in names), "no harvest cases"
+print("proto-bench JSON OK:", len(cases), "cases")
 PY

@@ -722,7 +722,7 @@ static pid_t fork_guest(struct run *r, int id)
 {
 	pid_t pid;
 
-	/* liburcu-bp and its call_rcu / lfht workers across fork without exec. */
+	/* liburcu-bp's registry and call_rcu worker across fork without exec. */
 	urcu_bp_call_rcu_before_fork();
 	urcu_bp_before_fork();
 	pid = fork();

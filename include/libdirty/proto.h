@@ -6,7 +6,10 @@
  * Freestanding: it needs only fixed-width integer types and GCC/Clang
  * __atomic builtins, so a guest kernel, a bare guest payload and
  * userspace share these exact definitions. Define DIRTY_PROTO_NO_STDINT
- * when the environment provides uint*_t itself (a kernel).
+ * when the environment provides uint*_t itself (a kernel). A 32-bit x86
+ * guest built without x87/SSE (as kernels and bare payloads are) gets
+ * calls to __atomic_*_8 for the 64-bit operations below and must provide
+ * them (tests/kvm/payload-atomic.c does, with cmpxchg8b).
  *
  * Region (created and sized by the host; every part page aligned):
  *

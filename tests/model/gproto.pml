@@ -83,11 +83,13 @@
  *    in any memory model, so at final what matters is each thread's program
  *    order (dirty before unpin; pin before the buffer goes to the device),
  *    which the model keeps.
- *  - Pin table. The liburcu hash table is present/cnt/owned. A lookup and
- *    its CAS are one step: a node unlinked after the lookup has count 0
- *    (only dying nodes are unlinked), so the CAS fails as if the lookup had
- *    found nothing. The yield-and-retry on a dying node is a blocked guard,
- *    which adds nothing to a safety check.
+ *  - Pin table. guest.c keeps one atomic count word per page: count,
+ *    OWNED and BUSY. The model's present/cnt/owned is that word: "present
+ *    with cnt 0" is BUSY (a 0->1 transition after the claim of the word,
+ *    or a 1->0 one before the unpin is published), which every other map
+ *    or unmap waits on, a blocked guard that adds nothing to a safety
+ *    check. (The model was first written for a hash table of nodes, where
+ *    the same states are "linked with count 0" and "dying".)
  *  - Out of scope: the tracking handshake (on and acknowledged before the
  *    first pass, as the API requires), health and the unhealthy fallback,
  *    a lying guest (DESIGN section 3: it only hurts itself).
