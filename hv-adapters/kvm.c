@@ -202,9 +202,13 @@ static int sync_logs(struct dirty_kvm *kvm)
 	return 0;
 }
 
+#define RING_BATCH 256
+
 /* Ring r: mark every harvested entry, hand it back. */
 static uint64_t harvest_ring(struct dirty_kvm *kvm, struct kring *r)
 {
+	struct dirty_range batch[RING_BATCH];
+	size_t nb = 0;
 	uint64_t n = 0;
 
 	pthread_mutex_lock(&r->lock);
@@ -217,13 +221,33 @@ static uint64_t harvest_ring(struct dirty_kvm *kvm, struct kring *r)
 		if (!(flags & KVM_DIRTY_GFN_F_DIRTY))
 			break;
 		s = find_slot(kvm, e->slot);
-		if (s && e->offset < s->npages)
-			dirty_source_mark(kvm->src, s->gpa + e->offset * KVM_PAGE, KVM_PAGE);
+		if (s && e->offset < s->npages) {
+			uint64_t gpa = s->gpa + e->offset * KVM_PAGE;
+
+			/*
+			 * KVM pushes an entry per logged write, repeats
+			 * included: join a page to the run before it.
+			 */
+			if (nb && gpa >= batch[nb - 1].gpa &&
+			    gpa <= batch[nb - 1].gpa + batch[nb - 1].len) {
+				if (gpa == batch[nb - 1].gpa + batch[nb - 1].len)
+					batch[nb - 1].len += KVM_PAGE;
+			} else {
+				if (nb == RING_BATCH) {
+					dirty_source_mark_ranges(kvm->src, batch, nb);
+					nb = 0;
+				}
+				batch[nb].gpa = gpa;
+				batch[nb++].len = KVM_PAGE;
+			}
+		}
 		/* Release: KVM may reuse the entry only after we read it. */
 		__atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
 		r->next++;
 		n++;
 	}
+	if (nb)
+		dirty_source_mark_ranges(kvm->src, batch, nb);
 	pthread_mutex_unlock(&r->lock);
 	return n;
 }
@@ -354,7 +378,7 @@ DIRTY_API int dirty_kvm_create(struct dirty_view *view,
 	kvm->vm_fd = cfg->vm_fd;
 	kvm->mode = cfg->mode;
 	kvm->ring_bytes = cfg->ring_bytes;
-	kvm->chunk = cfg->clear_chunk_pages ? cfg->clear_chunk_pages : 4096;
+	kvm->chunk = cfg->clear_chunk_pages ? cfg->clear_chunk_pages : 262144;
 	pthread_mutex_init(&kvm->lock, NULL);
 	/* No fixed ranges: the adapter marks its own slots on error. */
 	err = dirty_source_attach(view, &kvm_ops, kvm, NULL, 0, &kvm->src);

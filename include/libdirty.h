@@ -161,6 +161,9 @@ struct dirty_view *dirty_source_view(const struct dirty_source *src);
 
 /* For use inside callbacks: mark on behalf of src (counted per source). */
 int dirty_source_mark(struct dirty_source *src, uint64_t gpa, uint64_t len);
+/* A batch under one RCU read section (ring entries, scan results). */
+int dirty_source_mark_ranges(struct dirty_source *src,
+			     const struct dirty_range *ranges, size_t n);
 int dirty_source_merge_bitmap(struct dirty_source *src, uint64_t gpa,
 			      uint64_t page_size, const void *bitmap,
 			      uint64_t nbits);
@@ -300,7 +303,8 @@ struct dirty_kvm_config {
 	int vm_fd;
 	enum dirty_kvm_mode mode;	/* as enabled on the VM; not AUTO */
 	uint32_t ring_bytes;	/* ring mode: the size enabled */
-	uint64_t clear_chunk_pages;	/* clear-log: multiple of 64; 0 = 4096 */
+	uint64_t clear_chunk_pages;	/* clear-log: pages per clear ioctl, a multiple
+					   of 64; 0 = 262144 (1 GiB, as QEMU's default) */
 };
 
 int dirty_kvm_create(struct dirty_view *view, const struct dirty_kvm_config *cfg,

@@ -100,6 +100,24 @@ DIRTY_API int dirty_source_mark(struct dirty_source *src, uint64_t gpa,
 	return 0;
 }
 
+DIRTY_API int dirty_source_mark_ranges(struct dirty_source *src,
+				       const struct dirty_range *ranges, size_t n)
+{
+	struct dirty_view *view = src->view;
+	const struct region_table *t;
+	uint64_t total = 0;
+
+	if (n && !ranges)
+		return __dirty_err(-EINVAL, "dirty_source_mark_ranges: NULL ranges");
+	__dirty_rcu_lock();
+	t = atomic_load_explicit(&view->table, memory_order_acquire);
+	for (size_t i = 0; i < n; i++)
+		total += __dirty_mark_locked(view, t, ranges[i].gpa, ranges[i].len);
+	__dirty_rcu_unlock();
+	atomic_fetch_add_explicit(&src->marked, total, memory_order_relaxed);
+	return 0;
+}
+
 DIRTY_API int dirty_source_merge_bitmap(struct dirty_source *src, uint64_t gpa,
 					uint64_t page_size, const void *bitmap,
 					uint64_t nbits)
