@@ -54,6 +54,9 @@ struct dirty_kvm {
 	struct kring **rings;
 	size_t nrings;
 	bool tracking;
+	bool reset_pending;	/* a KVM_RESET_DIRTY_RINGS failed: retry it */
+	struct dirty_range *scratch;	/* ring pages of one harvest */
+	size_t nscratch, cscratch;
 	pthread_t reaper;
 	bool reaper_on;
 	_Atomic bool reaper_stop;
@@ -156,6 +159,18 @@ static struct kslot *find_slot(struct dirty_kvm *kvm, uint32_t slot)
 	return NULL;
 }
 
+static int grow_scratch(struct dirty_kvm *kvm)
+{
+	size_t c = kvm->cscratch ? kvm->cscratch * 2 : 1024;
+	struct dirty_range *n = realloc(kvm->scratch, c * sizeof(*n));
+
+	if (!n)
+		return __dirty_err(-ENOMEM, "ring harvest: out of memory for %zu entries", c);
+	kvm->scratch = n;
+	kvm->cscratch = c;
+	return 0;
+}
+
 static uint64_t bitmap_words(const struct kslot *s)
 {
 	return (s->npages + 63) / 64;
@@ -202,20 +217,22 @@ static int sync_logs(struct dirty_kvm *kvm)
 	return 0;
 }
 
-#define RING_BATCH 256
-
-/* Ring r: mark every harvested entry, hand it back. */
-static uint64_t harvest_ring(struct dirty_kvm *kvm, struct kring *r)
+/*
+ * Ring r: collect every harvested entry into kvm->scratch (joining
+ * repeats: KVM pushes an entry per logged write) and hand it back.
+ * Called with kvm->lock.
+ */
+static int harvest_ring(struct dirty_kvm *kvm, struct kring *r, uint64_t *n)
 {
-	struct dirty_range batch[RING_BATCH];
-	size_t nb = 0;
-	uint64_t n = 0;
+	int err = 0;
 
 	pthread_mutex_lock(&r->lock);
 	for (;;) {
 		struct kvm_dirty_gfn *e = &r->gfns[r->next & (r->nentries - 1)];
 		/* Acquire: slot and offset are valid once DIRTY is seen. */
 		uint32_t flags = __atomic_load_n(&e->flags, __ATOMIC_ACQUIRE);
+		struct dirty_range *last = kvm->nscratch ?
+			&kvm->scratch[kvm->nscratch - 1] : NULL;
 		struct kslot *s;
 
 		if (!(flags & KVM_DIRTY_GFN_F_DIRTY))
@@ -224,43 +241,54 @@ static uint64_t harvest_ring(struct dirty_kvm *kvm, struct kring *r)
 		if (s && e->offset < s->npages) {
 			uint64_t gpa = s->gpa + e->offset * KVM_PAGE;
 
-			/*
-			 * KVM pushes an entry per logged write, repeats
-			 * included: join a page to the run before it.
-			 */
-			if (nb && gpa >= batch[nb - 1].gpa &&
-			    gpa <= batch[nb - 1].gpa + batch[nb - 1].len) {
-				if (gpa == batch[nb - 1].gpa + batch[nb - 1].len)
-					batch[nb - 1].len += KVM_PAGE;
+			if (last && gpa >= last->gpa && gpa <= last->gpa + last->len) {
+				if (gpa == last->gpa + last->len)
+					last->len += KVM_PAGE;
+			} else if (kvm->nscratch < kvm->cscratch ||
+				   !(err = grow_scratch(kvm))) {
+				kvm->scratch[kvm->nscratch].gpa = gpa;
+				kvm->scratch[kvm->nscratch++].len = KVM_PAGE;
 			} else {
-				if (nb == RING_BATCH) {
-					dirty_source_mark_ranges(kvm->src, batch, nb);
-					nb = 0;
-				}
-				batch[nb].gpa = gpa;
-				batch[nb++].len = KVM_PAGE;
+				break;	/* out of memory: the caller marks everything */
 			}
 		}
 		/* Release: KVM may reuse the entry only after we read it. */
 		__atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
 		r->next++;
-		n++;
+		(*n)++;
 	}
-	if (nb)
-		dirty_source_mark_ranges(kvm->src, batch, nb);
 	pthread_mutex_unlock(&r->lock);
-	return n;
+	return err;
 }
 
+/*
+ * Harvest every ring, reset them, and only then mark: api.rst wants
+ * KVM_RESET_DIRTY_RINGS before the pages' contents are read, and a page
+ * in the view may be claimed and read at once. Before the reset KVM may
+ * not have re-protected the page, and a write then would be logged
+ * nowhere. A failed reset is retried by the next harvest.
+ */
 static int harvest_rings(struct dirty_kvm *kvm)
 {
 	uint64_t n = 0;
+	int err = 0;
 
-	for (size_t i = 0; i < kvm->nrings; i++)
-		n += harvest_ring(kvm, kvm->rings[i]);
-	if (n && ioctl(kvm->vm_fd, KVM_RESET_DIRTY_RINGS) < 0)
-		return __dirty_err(-errno, "KVM_RESET_DIRTY_RINGS failed: %s", strerror(errno));
-	return 0;
+	kvm->nscratch = 0;
+	for (size_t i = 0; i < kvm->nrings && !err; i++)
+		err = harvest_ring(kvm, kvm->rings[i], &n);
+	if (n || kvm->reset_pending) {
+		if (ioctl(kvm->vm_fd, KVM_RESET_DIRTY_RINGS) < 0) {
+			kvm->reset_pending = true;
+			if (!err)
+				err = __dirty_err(-errno, "KVM_RESET_DIRTY_RINGS failed: %s",
+						  strerror(errno));
+		} else {
+			kvm->reset_pending = false;
+		}
+	}
+	if (kvm->nscratch)
+		dirty_source_mark_ranges(kvm->src, kvm->scratch, kvm->nscratch);
+	return err;
 }
 
 static int kvm_sync(struct dirty_source *src)
@@ -336,6 +364,7 @@ static void kvm_destroy(struct dirty_source *src)
 		free(kvm->rings[i]);
 	}
 	free(kvm->rings);
+	free(kvm->scratch);
 	pthread_mutex_destroy(&kvm->lock);
 	free(kvm);
 }
