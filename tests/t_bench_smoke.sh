@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# t_bench_smoke.sh - view-bench and proto-bench run, verifies its own drains, and prints
+# t_bench_smoke.sh - view-bench, proto-bench and uffd-bench run, verifies its own drains, and prints
 # one well-formed JSON object per case with the documented keys. Timing
 # is not judged here: benchmarks measure, tests assert.
 set -euo pipefail
@@ -38,3 +38,25 @@ for want in ("atomic-or", "mark-proto", "unmap", "map+unmap", "dummy-write"):
 assert any(n.startswith("harvest-") for n in names), "no harvest cases"
 print("proto-bench JSON OK:", len(cases), "cases")
 PY
+
+ub="$top/${BUILD:-build}/bin/uffd-bench"
+[ -x "$ub" ] || { echo "FAIL: $ub not built"; exit 1; }
+"$ub" --help | grep -q -- '--json' || { echo "FAIL: uffd-bench --help does not document --json"; exit 1; }
+set +e
+out=$("$ub" --quick --json)
+rc=$?
+set -e
+if [ $rc = 77 ]; then
+  echo "uffd-bench skipped itself (kernel lacks userfaultfd WP_ASYNC / PAGEMAP_SCAN): $out"
+else
+  [ $rc = 0 ] || { echo "FAIL: uffd-bench exited $rc"; exit 1; }
+  echo "$out"
+  python3 - "$out" <<'PY'
+import json, sys
+cases = [json.loads(l) for l in sys.argv[1].splitlines() if l.strip()]
+names = {c["case"] for c in cases}
+assert any(n.startswith("harvest-") for n in names), f"no harvest cases in {sorted(names)}"
+assert "write-fault" in names, f"no write-fault case in {sorted(names)}"
+print("uffd-bench JSON OK:", len(cases), "cases")
+PY
+fi
