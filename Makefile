@@ -108,7 +108,7 @@ $(BUILD)/tests/%: tests/%.c tests/testutil.h $(ARLIB)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests -o $@ $< $(ARLIB) $(CHECK_LIBS) $(LIB_LIBS)
 
-$(BUILD)/bin/%: bench/%.c $(ARLIB)
+$(BUILD)/bin/%: bench/%.c bench/benchutil.h $(ARLIB)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) -o $@ $< $(ARLIB) $(LIB_LIBS) -lm
 

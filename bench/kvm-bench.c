@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchutil.h"
 #include "libdirty.h"
 #include "vmm.h"
 
@@ -74,23 +75,6 @@ struct result {
 	uint64_t reported[2];
 	double raw_us, ad_us, sync_us, drain_us;
 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t splitmix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
 
 static int fail(const char *what, const char *msg)
 {
@@ -281,19 +265,6 @@ static int rig_up(struct rig *r, enum dirty_kvm_mode mode, uint64_t mem)
 		r->nent = RING_BYTES / sizeof(*r->ring);
 	}
 	return 0;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* A warm-up round per side, then reps timed rounds per side; t has 4 * reps. */

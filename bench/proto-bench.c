@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchutil.h"
 #include "libdirty.h"
 #include "libdirty/guest.h"
 #include "libdirty/proto.h"
@@ -60,36 +61,6 @@ struct harvest {
 
 static int reps;
 static double *samples;		/* 2 * reps */
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t splitmix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 static uint64_t popcount(const uint64_t *w, uint64_t nwords)
 {
@@ -295,21 +266,6 @@ static void usage(FILE *f)
 "lines follow. Exit 1 on a wrong result or library error, 2 on bad usage.\n", f);
 }
 
-static int parse_num(const char *s, long lo, long hi, long *out)
-{
-	char *end;
-	long v;
-
-	if (!s)
-		return -EINVAL;
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (!*s || *end || errno || v < lo || v > hi)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 static void print_results(const struct guest *G, const struct harvest *H, bool json, long hgib)
 {
 	if (!json)
@@ -383,10 +339,10 @@ int main(int argc, char **argv)
 			json = true;
 		} else if (!strcmp(a, "--quick")) {
 			quick = true;
-		} else if ((!strcmp(a, "--reps") && !parse_num(val, 1, 1000, &nreps)) ||
-			   (!strcmp(a, "--guest-mib") && !parse_num(val, 1, 1 << 20, &gmib)) ||
-			   (!strcmp(a, "--write-mib") && !parse_num(val, 1, 1 << 16, &wmib)) ||
-			   (!strcmp(a, "--harvest-gib") && !parse_num(val, 1, 1024, &hgib))) {
+		} else if ((!strcmp(a, "--reps") && !bench_parse_long(val, 1, 1000, &nreps)) ||
+			   (!strcmp(a, "--guest-mib") && !bench_parse_long(val, 1, 1 << 20, &gmib)) ||
+			   (!strcmp(a, "--write-mib") && !bench_parse_long(val, 1, 1 << 16, &wmib)) ||
+			   (!strcmp(a, "--harvest-gib") && !bench_parse_long(val, 1, 1024, &hgib))) {
 			i++;	/* the caps keep page numbers inside the 32-bit orders */
 		} else {
 			fprintf(stderr, "proto-bench: bad argument '%s' (unknown, or its value missing or out of range)\n\n", a);

@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchutil.h"
 #include "libdirty.h"
 
 #define PAGE_SHIFT 12
@@ -69,36 +70,6 @@ struct fault_result {
 	uint64_t pages;
 	double first_ns, again_ns;	/* per page */
 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t splitmix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 /* Uniformly random pages (fixed seed), in ascending order. */
 static uint64_t *pick_pages(uint64_t npages, double fraction, uint64_t seed,

@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchutil.h"
 #include "libdirty.h"
 
 #define PAGE_SHIFT 12
@@ -71,23 +72,6 @@ struct bench {
 	uint64_t *floor_dst;
 	double *tv, *tf, *tm;	/* per-rep ns of each column */
 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t splitmix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
 
 static void tally_add(struct tally *t, uint64_t first, uint64_t cnt)
 {
@@ -260,19 +244,6 @@ static int verify(const char *name, const char *what, const struct tally *t,
 	return -EIO;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 /* One case: a warm-up round (faults, caches), then reps timed rounds. */
 static int run_case(struct bench *b, const struct input *in, bool bitmap_in,
 		    struct result *res)
@@ -350,21 +321,6 @@ static void usage(FILE *f)
 "a library error), 2 on a usage error.\n", f);
 }
 
-static int parse_num(const char *s, long lo, long hi, long *out)
-{
-	char *end;
-	long v;
-
-	if (!s)
-		return -EINVAL;
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (!*s || *end || errno || v < lo || v > hi)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 static void print_results(const struct result *res, bool json, long gib,
 			  const struct bench *b)
 {
@@ -421,9 +377,9 @@ int main(int argc, char **argv)
 			json = true;
 		} else if (!strcmp(a, "--quick")) {
 			quick = true;
-		} else if (!strcmp(a, "--reps") && !parse_num(val, 1, 1000, &reps)) {
+		} else if (!strcmp(a, "--reps") && !bench_parse_long(val, 1, 1000, &reps)) {
 			i++;
-		} else if (!strcmp(a, "--gib") && !parse_num(val, 1, 4096, &gib)) {
+		} else if (!strcmp(a, "--gib") && !bench_parse_long(val, 1, 4096, &gib)) {
 			/* The cap keeps the index sums' products inside 64 bits. */
 			i++;
 		} else {

@@ -68,6 +68,6 @@ $(KVM_TEST_BINS): $(BUILD)/tests/%: tests/kvm/%.c $(KVM_VMM_OBJS) tests/kvm/vmm.
 	  $(ARLIB) $(CHECK_LIBS) $(LIB_LIBS)
 
 # kvm-bench drives the same test VMM and payload as the KVM suites.
-$(BUILD)/bin/kvm-bench: bench/kvm-bench.c $(KVM_VMM_OBJS) $(ARLIB) tests/kvm/vmm.h
+$(BUILD)/bin/kvm-bench: bench/kvm-bench.c bench/benchutil.h $(KVM_VMM_OBJS) $(ARLIB) tests/kvm/vmm.h
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests/kvm -o $@ $< $(KVM_VMM_OBJS) $(ARLIB) $(LIB_LIBS) -lm
