@@ -1,0 +1,333 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_migrate.c - the pre-copy driver against a live writer: a thread
+ * keeps writing stamped pages of "guest memory" and reports them through
+ * the in-memory source (the CPU dirty log stand-in); the driver's send
+ * copies pages to a destination. After the migration the destination
+ * must equal the source page by page. Also: the stop order, convergence
+ * against a round cap, and a failure mid-migration that loses nothing, so
+ * a retry ends equal too.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "libdirty.h"
+#include "testutil.h"
+
+#define PS 4096ull
+#define BASE 0x100000000ull
+
+struct guest {
+	uint8_t *src, *dst;
+	uint64_t npages;
+	struct dirty_view *view;
+	struct dirty_source *log;	/* the CPU dirty log stand-in */
+	pthread_t writer;
+	_Atomic bool stop_writes, writer_running;
+	unsigned int write_delay_us;	/* between writes: the dirty rate */
+	uint64_t seed;
+	/* Driver observations. */
+	char order[16];		/* "D" device stop, "V" vCPU stop, "F" final round */
+	int nord;
+	int fail_send_at;	/* fail the n-th send (0: never) */
+	unsigned int dirty_per_send;	/* pages a "vCPU" writes during each send */
+	uint64_t stamp;
+	int sends;
+	int resumed;
+	unsigned int rounds_seen;
+};
+
+static uint64_t rnd(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+static void *writer_main(void *arg)
+{
+	struct guest *g = arg;
+	uint64_t stamp = 1, s = g->seed;
+	struct timespec ts = { 0, (long)g->write_delay_us * 1000 };
+
+	while (!atomic_load(&g->stop_writes)) {
+		uint64_t p = rnd(&s) % g->npages;
+
+		/* Write, then report: the order a dirty log guarantees. */
+		__atomic_store_n((uint64_t *)(g->src + p * PS), stamp++, __ATOMIC_RELEASE);
+		__atomic_store_n((uint64_t *)(g->src + p * PS + PS - 8), stamp, __ATOMIC_RELEASE);
+		dirty_memsrc_mark(g->log, BASE + p * PS, PS);
+		if (g->write_delay_us)
+			nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
+static void start_writer(struct guest *g)
+{
+	atomic_store(&g->stop_writes, false);
+	ck_assert_int_eq(pthread_create(&g->writer, NULL, writer_main, g), 0);
+	atomic_store(&g->writer_running, true);
+}
+
+static void stop_writer(struct guest *g)
+{
+	atomic_store(&g->stop_writes, true);
+	if (!atomic_load(&g->writer_running))
+		return;
+	pthread_join(g->writer, NULL);
+	atomic_store(&g->writer_running, false);
+}
+
+static int op_send(void *opaque, uint64_t gpa, uint64_t len)
+{
+	struct guest *g = opaque;
+	uint64_t off = gpa - BASE;
+
+	ck_assert_msg(gpa >= BASE && off + len <= g->npages * PS,
+		      "send of [%#lx, +%#lx) outside guest memory", gpa, len);
+	if (g->fail_send_at && ++g->sends == g->fail_send_at)
+		return -ECONNRESET;
+	/* Writes that happen while the round runs, whatever the scheduler does. */
+	for (unsigned int i = 0; i < g->dirty_per_send && !atomic_load(&g->stop_writes); i++) {
+		uint64_t p = rnd(&g->seed) % g->npages;
+
+		*(uint64_t *)(g->src + p * PS) = ++g->stamp;
+		dirty_memsrc_mark(g->log, BASE + p * PS, PS);
+	}
+	/* Word by word with atomics: the writer may be writing this page. */
+	for (uint64_t i = 0; i < len; i += 8)
+		*(uint64_t *)(g->dst + off + i) =
+			__atomic_load_n((uint64_t *)(g->src + off + i), __ATOMIC_ACQUIRE);
+	return 0;
+}
+
+static int op_end_round(void *opaque, unsigned int round, int final)
+{
+	struct guest *g = opaque;
+
+	if (final)
+		g->order[g->nord++] = 'F';
+	g->rounds_seen = round + 1;
+	return 0;
+}
+
+static int op_stop_device(void *opaque)
+{
+	struct guest *g = opaque;
+
+	g->order[g->nord++] = 'D';
+	return 0;
+}
+
+static int op_stop_vcpus(void *opaque)
+{
+	struct guest *g = opaque;
+
+	stop_writer(g);
+	atomic_store(&g->stop_writes, true);	/* also the writes made during sends */
+	g->order[g->nord++] = 'V';
+	return 0;
+}
+
+static int op_resume(void *opaque)
+{
+	struct guest *g = opaque;
+
+	g->resumed++;
+	start_writer(g);
+	return 0;
+}
+
+static const struct dirty_migrate_ops ops = {
+	.version = DIRTY_MIGRATE_OPS_VERSION,
+	.send = op_send,
+	.end_round = op_end_round,
+	.stop_device = op_stop_device,
+	.stop_vcpus = op_stop_vcpus,
+	.resume = op_resume,
+};
+
+static void guest_up(struct guest *g, uint64_t npages, unsigned int delay_us)
+{
+	memset(g, 0, sizeof(*g));
+	g->npages = npages;
+	g->write_delay_us = delay_us;
+	g->seed = 0x9e3779b97f4a7c15ull;
+	g->src = mmap(NULL, npages * PS, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	g->dst = mmap(NULL, npages * PS, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert(g->src != MAP_FAILED && g->dst != MAP_FAILED);
+	for (uint64_t p = 0; p < npages; p++)
+		*(uint64_t *)(g->src + p * PS) = 0xabc0000000000000ull | p;
+	ck_assert_int_eq(dirty_view_new(&g->view), 0);
+	ck_assert_int_eq(dirty_view_add_region(g->view, BASE, npages * PS, PS, 0), 0);
+	ck_assert_int_eq(dirty_memsrc_new(g->view, BASE, npages * PS, PS, &g->log), 0);
+}
+
+static void guest_down(struct guest *g)
+{
+	stop_writer(g);
+	dirty_view_free(g->view);
+	munmap(g->src, g->npages * PS);
+	munmap(g->dst, g->npages * PS);
+}
+
+/* Page by page: every byte of every page reached the destination. */
+static void expect_equal(struct guest *g, const char *what)
+{
+	uint64_t bad = 0, first = UINT64_MAX;
+
+	for (uint64_t p = 0; p < g->npages; p++) {
+		if (memcmp(g->src + p * PS, g->dst + p * PS, PS)) {
+			if (first == UINT64_MAX)
+				first = p;
+			bad++;
+		}
+	}
+	ck_assert_msg(bad == 0, "%s: %lu of %lu pages differ, first page %lu: source stamp %#lx, destination %#lx",
+		      what, bad, g->npages, first,
+		      *(uint64_t *)(g->src + first * PS), *(uint64_t *)(g->dst + first * PS));
+}
+
+START_TEST(converges_and_loses_nothing)
+{
+	struct guest g;
+	struct dirty_migrate_config cfg = { .downtime_target_ms = 5, .max_rounds = 50 };
+	struct dirty_migrate_result res;
+
+	guest_up(&g, (uint64_t)(16384 * test_scale()) + 64, 20);
+	start_writer(&g);
+	ck_assert_int_eq(dirty_migrate(g.view, &cfg, &ops, &g, &res), 0);
+	expect_equal(&g, "after migration");
+	/* Device first, then vCPUs, then the final round. */
+	ck_assert_msg(g.nord == 3 && !memcmp(g.order, "DVF", 3), "stop order %.*s", g.nord, g.order);
+	ck_assert_int_eq(res.converged, 1);
+	ck_assert_uint_ge(res.bytes_sent, g.npages * PS);	/* the full pass at least */
+	ck_assert_uint_eq(res.pages_sent * PS, res.bytes_sent);
+	ck_assert(res.bandwidth > 0 && res.downtime_ms >= 0 && res.total_ms >= res.downtime_ms);
+	printf("converged: %u rounds, %lu pages sent, %lu final, expected %.3f ms, downtime %.3f ms\n",
+	       res.rounds, res.pages_sent, res.final_pages, res.expected_downtime_ms, res.downtime_ms);
+	guest_down(&g);
+}
+END_TEST
+
+START_TEST(round_cap_when_too_dirty)
+{
+	struct guest g;
+	/* A target no round can meet: every send dirties more pages. */
+	struct dirty_migrate_config cfg = { .downtime_target_ms = 0, .max_rounds = 4 };
+	struct dirty_migrate_result res;
+
+	guest_up(&g, 4096, 0);
+	g.dirty_per_send = 64;
+	ck_assert_int_eq(dirty_migrate(g.view, &cfg, &ops, &g, &res), 0);
+	ck_assert_msg(res.converged == 0, "converged after %u rounds: expected %.3f ms",
+		      res.rounds, res.expected_downtime_ms);
+	ck_assert_uint_eq(res.rounds, 4);
+	ck_assert_uint_gt(res.final_pages, 0);
+	expect_equal(&g, "after a capped migration");
+	guest_down(&g);
+}
+END_TEST
+
+START_TEST(failure_keeps_dirty_state_and_retry_is_exact)
+{
+	struct guest g;
+	struct dirty_migrate_config cfg = { .downtime_target_ms = 5, .max_rounds = 50, .batch_runs = 8 };
+	struct dirty_migrate_result res;
+	uint64_t pages;
+
+	guest_up(&g, 8192, 50);
+	start_writer(&g);
+	/* The connection drops at the first send of the first pass. */
+	g.fail_send_at = 1;
+	ck_assert_int_eq(dirty_migrate(g.view, &cfg, &ops, &g, &res), -ECONNRESET);
+	ck_assert_msg(strstr(dirty_last_error(), "retry") != NULL, "message: %s", dirty_last_error());
+	ck_assert_int_eq(g.resumed, 0);	/* it never stopped the VM */
+	/* Nothing was lost: everything not acknowledged is dirty again. */
+	ck_assert_int_eq(dirty_view_count(g.view, &pages, NULL), 0);
+	ck_assert_uint_eq(pages, g.npages);
+
+	/* The retry, onto a destination that starts over. */
+	g.fail_send_at = 0;
+	g.sends = 0;
+	memset(g.dst, 0, g.npages * PS);
+	ck_assert_int_eq(dirty_migrate(g.view, &cfg, &ops, &g, &res), 0);
+	expect_equal(&g, "after the retry");
+	guest_down(&g);
+}
+END_TEST
+
+static int fail_final(void *opaque, unsigned int round, int final)
+{
+	(void)round;
+	return final ? -EPIPE : op_end_round(opaque, round, final);
+}
+
+START_TEST(failure_after_stop_resumes_then_retry)
+{
+	struct guest g;
+	struct dirty_migrate_config cfg = { .downtime_target_ms = 5, .max_rounds = 50 };
+	struct dirty_migrate_result res;
+	struct dirty_migrate_ops bad = ops;
+	uint64_t pages;
+
+	guest_up(&g, 4096, 50);
+	start_writer(&g);
+	bad.end_round = fail_final;	/* the destination never acknowledges the final round */
+	ck_assert_int_eq(dirty_migrate(g.view, &cfg, &bad, &g, &res), -EPIPE);
+	ck_assert_int_eq(g.resumed, 1);
+	ck_assert(atomic_load(&g.writer_running));
+	/* The final round's pages were sent but not acknowledged: dirty again. */
+	ck_assert_int_eq(dirty_view_count(g.view, &pages, NULL), 0);
+	ck_assert_uint_ge(pages, res.final_pages ? 1 : 0);
+	g.nord = 0;
+	ck_assert_int_eq(dirty_migrate(g.view, &cfg, &ops, &g, &res), 0);
+	expect_equal(&g, "after the retry");
+	guest_down(&g);
+}
+END_TEST
+
+START_TEST(rejects_bad_arguments)
+{
+	struct guest g;
+	struct dirty_migrate_config cfg = { 0 };
+	struct dirty_migrate_ops o = ops;
+	struct dirty_migrate_result res;
+
+	guest_up(&g, 64, 0);
+	o.version = 7;
+	ck_assert_int_eq(dirty_migrate(g.view, &cfg, &o, &g, &res), -EINVAL);
+	o = ops;
+	o.send = NULL;
+	ck_assert_int_eq(dirty_migrate(g.view, &cfg, &o, &g, &res), -EINVAL);
+	cfg.downtime_target_ms = -1;
+	ck_assert_int_eq(dirty_migrate(g.view, &cfg, &ops, &g, &res), -EINVAL);
+	guest_down(&g);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("migrate");
+	TCase *tc = tcase_create("driver");
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, converges_and_loses_nothing);
+	tcase_add_test(tc, round_cap_when_too_dirty);
+	tcase_add_test(tc, failure_keeps_dirty_state_and_retry_is_exact);
+	tcase_add_test(tc, failure_after_stop_resumes_then_retry);
+	tcase_add_test(tc, rejects_bad_arguments);
+	suite_add_tcase(s, tc);
+	return test_run_suite(s);
+}
