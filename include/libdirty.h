@@ -257,7 +257,10 @@ struct dirty_gp_health {
 	uint64_t heartbeat_age_ms;	/* since the guest's heartbeat last moved */
 	uint32_t guest_state;	/* DIRTY_PROTO_GUEST_* */
 	uint64_t pin_conflicts, pin_leaks, bad_ranges;	/* guest-reported */
-	uint64_t pages_harvested, pages_pinned_sent, pages_carried;
+	uint64_t pages_harvested;	/* dirty bits moved into the view */
+	uint64_t pages_pinned_sent;	/* pinned pages marked (SEND, final) */
+	uint64_t pages_carried;		/* carried over right now (DEFER) */
+	uint64_t pages_carried_sent;	/* carried pages marked once unpinned */
 };
 int dirty_gp_health(struct dirty_gp *gp, struct dirty_gp_health *h);
 

@@ -48,7 +48,7 @@ struct dirty_gp {
 	double gen_time;
 	uint64_t last_hb;
 	double last_hb_change;
-	_Atomic uint64_t harvested, pinned_sent;	/* relaxed: statistics */
+	_Atomic uint64_t harvested, pinned_sent, carried_sent;	/* relaxed: statistics */
 };
 
 #define LDA(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
@@ -135,9 +135,12 @@ static void check_health(struct dirty_gp *gp)
 			  (unsigned long long)gp->gen, gp->cfg.ack_timeout_ms);
 }
 
-/* Merge 64 harvested dirty words (one 4096-page chunk) into the view. */
+/*
+ * Merge 64 words of pages (one 4096-page chunk) into the view; *counter
+ * (a statistic) receives their number.
+ */
 static int flush_chunk(struct dirty_gp *gp, uint64_t c, uint64_t *words,
-		       uint64_t *mask)
+		       uint64_t *mask, _Atomic uint64_t *counter)
 {
 	uint64_t n = 0;
 	int err;
@@ -153,7 +156,7 @@ static int flush_chunk(struct dirty_gp *gp, uint64_t c, uint64_t *words,
 		}
 	}
 	*mask = 0;
-	atomic_fetch_add_explicit(&gp->harvested, n, memory_order_relaxed);
+	atomic_fetch_add_explicit(counter, n, memory_order_relaxed);
 	err = dirty_source_merge_bitmap(gp->src,
 					gp->gpa + ((c * 4096) << gp->shift),
 					gp->page_size, words,
@@ -203,7 +206,7 @@ static int harvest(struct dirty_gp *gp, bool all_words)
 			if (!d)
 				continue;
 			if (w / 64 != cur) {
-				e = flush_chunk(gp, cur, words, &mask);
+				e = flush_chunk(gp, cur, words, &mask, &gp->harvested);
 				err = err ? err : e;
 				cur = w / 64;
 			}
@@ -211,14 +214,14 @@ static int harvest(struct dirty_gp *gp, bool all_words)
 			mask |= 1ull << (w % 64);
 		}
 	}
-	e = flush_chunk(gp, cur, words, &mask);
+	e = flush_chunk(gp, cur, words, &mask, &gp->harvested);
 	return err ? err : e;
 }
 
 /* Mark every pinned page (acquire: a clear pin means its dirty bit is visible). */
 static int mark_pinned(struct dirty_gp *gp)
 {
-	uint64_t words[64] = { 0 }, mask = 0, cur = UINT64_MAX, n = 0;
+	uint64_t words[64] = { 0 }, mask = 0, cur = UINT64_MAX;
 	int err = 0, e;
 
 	for (uint64_t w = 0; w < gp->lay.dirty_words; w++) {
@@ -227,18 +230,14 @@ static int mark_pinned(struct dirty_gp *gp)
 		if (!p)
 			continue;
 		if (w / 64 != cur) {
-			e = flush_chunk(gp, cur, words, &mask);
+			e = flush_chunk(gp, cur, words, &mask, &gp->pinned_sent);
 			err = err ? err : e;
 			cur = w / 64;
 		}
 		words[w % 64] = p;
 		mask |= 1ull << (w % 64);
-		n += hbm_popcount(p);
 	}
-	e = flush_chunk(gp, cur, words, &mask);
-	/* flush_chunk counted these as harvested; they are pins. */
-	atomic_fetch_sub_explicit(&gp->harvested, n, memory_order_relaxed);
-	atomic_fetch_add_explicit(&gp->pinned_sent, n, memory_order_relaxed);
+	e = flush_chunk(gp, cur, words, &mask, &gp->pinned_sent);
 	return err ? err : e;
 }
 
@@ -282,7 +281,7 @@ static int release_carried(struct dirty_gp *gp, bool all)
 			}
 			hbm_or_chunk(&gp->carried, c, keep, 64);
 			if (send) {
-				int e = flush_chunk(gp, c, sendw, &send);
+				int e = flush_chunk(gp, c, sendw, &send, &gp->carried_sent);
 
 				err = err ? err : e;
 			}
@@ -576,5 +575,6 @@ DIRTY_API int dirty_gp_health(struct dirty_gp *gp, struct dirty_gp_health *h)
 	h->pages_harvested = atomic_load_explicit(&gp->harvested, memory_order_relaxed);
 	h->pages_pinned_sent = atomic_load_explicit(&gp->pinned_sent, memory_order_relaxed);
 	h->pages_carried = hbm_count(&gp->carried);
+	h->pages_carried_sent = atomic_load_explicit(&gp->carried_sent, memory_order_relaxed);
 	return 0;
 }
