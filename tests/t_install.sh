@@ -17,7 +17,9 @@ libdir="$dest$prefix/lib"
 for f in libdirty.so libdirty.so.0 libdirty.a pkgconfig/libdirty.pc; do
   [ -e "$libdir/$f" ] || { echo "FAIL: $libdir/$f not installed"; exit 1; }
 done
-[ -e "$dest$prefix/include/libdirty.h" ] || { echo "FAIL: header not installed"; exit 1; }
+for h in libdirty.h libdirty/proto.h libdirty/guest.h; do
+  [ -e "$dest$prefix/include/$h" ] || { echo "FAIL: header $h not installed"; exit 1; }
+done
 soname=$(readelf -d "$libdir/libdirty.so" | sed -n 's/.*SONAME.*\[\(.*\)\]/\1/p')
 [ "$soname" = libdirty.so.0 ] || { echo "FAIL: soname is '$soname', want libdirty.so.0"; exit 1; }
 # Only the API is exported: no internal symbol leaks out of the .so.
@@ -26,6 +28,8 @@ leaks=$(nm -D --defined-only "$libdir/libdirty.so" | awk '$2 ~ /[TDB]/ {print $3
 
 cat > "$tmp/app.c" <<'C'
 #include <libdirty.h>
+#include <libdirty/guest.h>
+#include <libdirty/proto.h>
 #include <stdio.h>
 int main(void)
 {
