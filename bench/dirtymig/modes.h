@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * modes.h - what a migration trusts to know which pages changed:
+ *
+ *   libdirty    the merged view: the uffd source (vCPU writes) and the
+ *               guest bitmap protocol (DMA the driver mapped)
+ *   cpu-only    the uffd source alone, as a VMM trusting KVM's dirty log
+ *               alone: DMA writes are lost
+ *   all-mapped  the uffd source plus a source that reports every
+ *               DMA-mappable page (all guest RAM) dirty at every sync and
+ *               final, as VFIO type1 does without a vIOMMU (QEMU's
+ *               fallback): nothing is lost, pre-copy never converges
+ *
+ * The guest is the same in every mode: its driver always speaks the
+ * protocol; in the modes that ignore it, the region belongs to a second
+ * view the migration never reads.
+ */
+#ifndef DIRTYMIG_MODES_H
+#define DIRTYMIG_MODES_H
+
+#include "libdirty.h"
+#include "workload.h"
+
+enum dm_mode {
+	DM_MODE_LIBDIRTY,
+	DM_MODE_CPU_ONLY,
+	DM_MODE_ALL_MAPPED,
+	DM_NMODES
+};
+
+const char *dm_mode_name(enum dm_mode m);
+/* "libdirty", "cpu-only", "all-mapped": 0 and *m, or -EINVAL. */
+int dm_mode_parse(const char *s, enum dm_mode *m);
+
+struct tracking {
+	enum dm_mode mode;
+	struct dirty_view *view;	/* what the migration drains */
+	struct dirty_view *decoy;	/* holds the protocol region when ignored */
+	struct dirty_uffd *uffd;
+	struct dirty_gp *gp;		/* always exists: the guest driver uses it */
+	bool gp_in_view;
+	struct dirty_source *all_mapped;
+};
+
+/* Build the view and sources of mode m over w's RAM (gpa 0). */
+int tracking_create(struct tracking *t, enum dm_mode m, struct workload *w,
+		    char *err, size_t errlen);
+/* Frees the views and every source in them (the workload's NIC first). */
+void tracking_destroy(struct tracking *t);
+
+#endif /* DIRTYMIG_MODES_H */

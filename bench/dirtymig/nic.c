@@ -1,0 +1,240 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * nic.c - a simulated pass-through NIC and its guest driver.
+ *
+ * The device (one thread) receives packets at a set rate: it takes the
+ * next descriptor the driver posted, writes the packet into that buffer
+ * and marks the descriptor done, all through the DMA mapping of guest
+ * RAM, so no CPU-side tracking sees it. No buffer posted: the packet is
+ * dropped, as a real NIC does.
+ *
+ * The driver (one thread, part of "the VM") uses the guest bitmap
+ * protocol the way a Linux driver uses the DMA API: the descriptor ring
+ * is mapped BIDIRECTIONAL for good (a coherent allocation: pinned), each
+ * RX buffer is mapped FROM_DEVICE when posted; on completion it calls
+ * sync_for_cpu (dirties the buffer), checks the packet, unmaps it and
+ * posts a fresh page from its pool, cycling through the pool as a page
+ * pool does. Its own descriptor writes go through the CPU mapping.
+ *
+ * Descriptor words are accessed with atomics from both mappings: the
+ * release store of `flags` publishes the rest, as a doorbell would.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "libdirty.h"
+#include "workload.h"
+
+#define PKT_K 0x9e3779b97f4a7c15ull
+
+static struct nic_desc *desc_at(struct nic *n, uint8_t *map, unsigned int i)
+{
+	return (struct nic_desc *)(map + n->desc_gpa) + i;
+}
+
+static void nic_error(struct nic *n, const char *what, int err)
+{
+	if (atomic_fetch_add(&n->bad, 1) == 0)
+		snprintf(n->err, sizeof(n->err), "%s: %s (%s)", what, strerror(-err),
+			 dirty_last_error());
+}
+
+/* Post a fresh pool page in descriptor i: map it for the device, then publish. */
+static int post(struct nic *n, unsigned int i)
+{
+	struct nic_desc *d = desc_at(n, n->w->cpu, i);
+	uint64_t gpa = n->pool_gpa + (n->pool_next++ % n->pool_pages) * WL_PAGE;
+	int err = dirty_guest_map(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE);
+
+	if (err)
+		return err;
+	__atomic_store_n(&d->gpa, gpa, __ATOMIC_RELAXED);
+	__atomic_store_n(&d->len, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&d->flags, NIC_DESC_READY, __ATOMIC_RELEASE);
+	return 0;
+}
+
+int nic_init(struct nic *n, struct workload *w, int gp_fd, char *err, size_t errlen)
+{
+	int e;
+
+	memset(n, 0, sizeof(*n));
+	n->w = w;
+	n->ring = w->cfg.ring;
+	n->desc_gpa = 0;
+	n->desc_bytes = (n->ring * sizeof(struct nic_desc) + WL_PAGE - 1) / WL_PAGE * WL_PAGE;
+	n->pool_gpa = n->desc_gpa + n->desc_bytes;
+	n->pool_pages = (w->nic_bytes - n->pool_gpa) / WL_PAGE;
+	if ((e = dirty_guest_open_fd(gp_fd, &n->g)) ||
+	    (e = dirty_guest_agent_start(n->g, 1)) ||
+	    (e = dirty_guest_map(n->g, n->desc_gpa, n->desc_bytes, DIRTY_BIDIRECTIONAL))) {
+		snprintf(err, errlen, "NIC driver: %s", dirty_last_error());
+		return e;
+	}
+	memset(w->cpu + n->desc_gpa, 0, n->desc_bytes);
+	for (unsigned int i = 0; i < n->ring; i++)
+		if ((e = post(n, i))) {
+			snprintf(err, errlen, "NIC driver: posting RX buffer %u: %s", i, dirty_last_error());
+			return e;
+		}
+	return 0;
+}
+
+void nic_fini(struct nic *n)
+{
+	nic_stop_device(n);
+	nic_stop_driver(n);
+	/* Buffers still mapped keep their pins (counted as leaks): harmless now. */
+	if (n->g)
+		dirty_guest_close(n->g);
+	n->g = NULL;
+}
+
+/* ---- the device ---------------------------------------------------------- */
+
+static void dma_packet(struct nic *n, uint64_t gpa, uint64_t seq)
+{
+	uint64_t *p = (uint64_t *)(n->w->dma + gpa);
+	unsigned int words = n->w->cfg.pkt_size / 8;
+
+	__atomic_store_n(&p[0], seq, __ATOMIC_RELAXED);
+	__atomic_store_n(&p[1], gpa, __ATOMIC_RELAXED);
+	for (unsigned int i = 2; i < words; i++)
+		__atomic_store_n(&p[i], seq ^ (i * PKT_K), __ATOMIC_RELAXED);
+}
+
+static void *device_main(void *arg)
+{
+	struct nic *n = arg;
+	struct pacer pc;
+
+	pacer_init(&pc, n->w->cfg.pkt_rate);
+	while (!atomic_load_explicit(&n->dev_stop, memory_order_relaxed)) {
+		uint64_t due = pacer_tick(&pc);
+
+		for (uint64_t k = 0; k < due; k++) {
+			struct nic_desc *d = desc_at(n, n->w->dma, n->dev_next % n->ring);
+			uint64_t gpa;
+
+			if (__atomic_load_n(&d->flags, __ATOMIC_ACQUIRE) != NIC_DESC_READY) {
+				atomic_fetch_add_explicit(&n->drops, 1, memory_order_relaxed);
+				continue;
+			}
+			gpa = __atomic_load_n(&d->gpa, __ATOMIC_RELAXED);
+			/* Never trust a descriptor: a wild one would scribble over RAM. */
+			if (gpa < n->pool_gpa || gpa % WL_PAGE ||
+			    (gpa - n->pool_gpa) / WL_PAGE >= n->pool_pages) {
+				nic_error(n, "device: descriptor points outside the buffer pool", -EFAULT);
+				__atomic_store_n(&d->len, 0, __ATOMIC_RELAXED);
+			} else {
+				dma_packet(n, gpa, ++n->seq);
+				__atomic_store_n(&d->len, n->w->cfg.pkt_size, __ATOMIC_RELAXED);
+				atomic_fetch_add_explicit(&n->packets, 1, memory_order_relaxed);
+			}
+			__atomic_store_n(&d->flags, NIC_DESC_DONE, __ATOMIC_RELEASE);
+			n->dev_next++;
+		}
+	}
+	return NULL;
+}
+
+int nic_start_device(struct nic *n)
+{
+	int err;
+
+	if (n->dev_running || !n->g)
+		return 0;
+	atomic_store(&n->dev_stop, false);
+	if ((err = -pthread_create(&n->dev_thread, NULL, device_main, n)))
+		return err;
+	n->dev_running = true;
+	return 0;
+}
+
+void nic_stop_device(struct nic *n)
+{
+	if (!n->dev_running)
+		return;
+	atomic_store(&n->dev_stop, true);
+	pthread_join(n->dev_thread, NULL);
+	n->dev_running = false;
+}
+
+/* ---- the guest driver -------------------------------------------------- */
+
+/* Take one completed descriptor: sync, check, unmap, post a fresh buffer. */
+static void complete(struct nic *n, struct nic_desc *d, unsigned int i)
+{
+	uint64_t gpa = __atomic_load_n(&d->gpa, __ATOMIC_RELAXED);
+	uint32_t len = __atomic_load_n(&d->len, __ATOMIC_RELAXED);
+	const uint64_t *p = (const uint64_t *)(n->w->cpu + gpa);
+	int err;
+
+	if ((err = dirty_guest_sync_for_cpu(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE))) {
+		nic_error(n, "driver: sync_for_cpu", err);
+		return;
+	}
+	/* The CPU reads the packet: it must be the one the device wrote here. */
+	if (len && (__atomic_load_n(&p[1], __ATOMIC_RELAXED) != gpa ||
+		    __atomic_load_n(&p[2], __ATOMIC_RELAXED) !=
+			    (__atomic_load_n(&p[0], __ATOMIC_RELAXED) ^ (2 * PKT_K))))
+		nic_error(n, "driver: a received packet reads back wrong", -EIO);
+	if ((err = dirty_guest_unmap(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE)))
+		nic_error(n, "driver: unmap", err);
+	if ((err = post(n, i)))
+		nic_error(n, "driver: posting a fresh buffer", err);
+	atomic_fetch_add_explicit(&n->completed, 1, memory_order_relaxed);
+}
+
+static void *driver_main(void *arg)
+{
+	struct nic *n = arg;
+	struct timespec idle = { 0, 200000 };	/* interrupt moderation: 200 us */
+
+	while (!atomic_load_explicit(&n->drv_stop, memory_order_relaxed)) {
+		unsigned int took = 0;
+
+		while (took < n->ring) {
+			unsigned int i = n->drv_next % n->ring;
+			struct nic_desc *d = desc_at(n, n->w->cpu, i);
+			int err;
+
+			if (__atomic_load_n(&d->flags, __ATOMIC_ACQUIRE) != NIC_DESC_DONE)
+				break;
+			/* Completion entries were DMA-written: make them the CPU's. */
+			if (!took && (err = dirty_guest_sync_for_cpu(n->g, n->desc_gpa, n->desc_bytes,
+								     DIRTY_BIDIRECTIONAL)))
+				nic_error(n, "driver: sync_for_cpu of the ring", err);
+			complete(n, d, i);
+			n->drv_next++;
+			took++;
+		}
+		if (!took)
+			nanosleep(&idle, NULL);
+	}
+	return NULL;
+}
+
+int nic_start_driver(struct nic *n)
+{
+	int err;
+
+	if (n->drv_running || !n->g)
+		return 0;
+	atomic_store(&n->drv_stop, false);
+	if ((err = -pthread_create(&n->drv_thread, NULL, driver_main, n)))
+		return err;
+	n->drv_running = true;
+	return 0;
+}
+
+void nic_stop_driver(struct nic *n)
+{
+	if (!n->drv_running)
+		return;
+	atomic_store(&n->drv_stop, true);
+	pthread_join(n->drv_thread, NULL);
+	n->drv_running = false;
+}

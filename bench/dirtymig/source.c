@@ -1,0 +1,249 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * source.c - one migration from the source's side: the callbacks
+ * dirty_migrate() drives (send pages into the stream, end a round and
+ * wait for the ACK, stop the NIC, stop the vCPUs and driver, resume),
+ * the live progress line, and the page-by-page comparison afterwards.
+ * The rounds themselves are libdirty's (libdirty/migrate.c), not ours.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "source.h"
+#include "stream.h"
+
+struct run {
+	const struct dm_run_config *cfg;
+	struct dm_run_result *res;
+	struct workload w;
+	struct tracking t;
+	struct dm_tx tx;
+	bool acked;		/* the guest acknowledged tracking */
+	double t0;
+	char why[300];		/* a callback's own failure, if any */
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/*
+ * DESIGN section 3: no first pass before the guest acknowledged the
+ * tracking generation, or an unmap that still saw tracking off could
+ * skip its dirty bit after the pass read the page.
+ */
+static int wait_guest_ack(struct run *r)
+{
+	struct timespec ms = { 0, 1000000 };
+	int a;
+
+	while ((a = dirty_gp_acked(r->t.gp)) == 0)
+		nanosleep(&ms, NULL);
+	if (a < 0) {
+		snprintf(r->why, sizeof(r->why), "%s", dirty_last_error());
+		return a;
+	}
+	r->acked = true;
+	return 0;
+}
+
+static int op_send(void *opaque, uint64_t gpa, uint64_t len)
+{
+	struct run *r = opaque;
+	int err;
+
+	if (r->t.gp_in_view && !r->acked && (err = wait_guest_ack(r)))
+		return err;
+	for (uint64_t off = 0; off < len; off += DM_PAGE) {
+		void *slot;
+
+		if ((err = dm_tx_page(&r->tx, gpa + off, &slot)))
+			return err;
+		wl_read_page(&r->w, gpa + off, slot);
+	}
+	return 0;
+}
+
+static int op_end_round(void *opaque, unsigned int round, int final)
+{
+	struct run *r = opaque;
+
+	return dm_tx_end_round(&r->tx, round, final);
+}
+
+static int op_stop_device(void *opaque)
+{
+	return wl_stop_device(&((struct run *)opaque)->w);
+}
+
+static int op_stop_vcpus(void *opaque)
+{
+	return wl_stop_vcpus(&((struct run *)opaque)->w);
+}
+
+static int op_resume(void *opaque)
+{
+	return wl_start(&((struct run *)opaque)->w);
+}
+
+static void op_progress(void *opaque, const struct dirty_migrate_progress *p)
+{
+	struct run *r = opaque;
+	struct dm_run_result *res = r->res;
+	struct dirty_region_stats st = { 0 };
+	struct dm_round_info *ri;
+
+	dirty_view_region_stats(r->t.view, 0, &st);
+	if (res->nrounds < DM_MAX_ROUNDS) {
+		ri = &res->round[res->nrounds++];
+		ri->round = p->round;
+		ri->t_ms = (now_s() - r->t0) * 1000;
+		ri->dirty_pages = p->dirty_pages;
+		ri->bandwidth = p->bandwidth;
+		ri->dirty_rate = st.dirty_rate;
+		ri->expected_ms = p->expected_downtime_ms;
+	}
+	if (r->cfg->progress) {
+		fprintf(stderr, "\r%-10s round %2u  dirty %8" PRIu64 " pages  link %7.1f MB/s  "
+			"dirtying %8.0f pages/s  expected downtime %8.1f ms\033[K",
+			dm_mode_name(r->cfg->mode), p->round, p->dirty_pages, p->bandwidth / 1e6,
+			st.dirty_rate, p->expected_downtime_ms);
+		fflush(stderr);
+	}
+}
+
+static const struct dirty_migrate_ops ops = {
+	.version = DIRTY_MIGRATE_OPS_VERSION,
+	.send = op_send,
+	.end_round = op_end_round,
+	.stop_device = op_stop_device,
+	.stop_vcpus = op_stop_vcpus,
+	.resume = op_resume,
+	.progress = op_progress,
+};
+
+/* Every page, hashed here and at the destination: count the differences. */
+static int compare(struct run *r)
+{
+	struct dm_run_result *res = r->res;
+	uint64_t n = r->w.npages, *theirs = malloc(n * sizeof(*theirs));
+	int err;
+
+	if (!theirs) {
+		snprintf(res->error, sizeof(res->error), "out of memory for %" PRIu64 " page hashes", n);
+		return -ENOMEM;
+	}
+	if ((err = dm_tx_hashes(&r->tx, theirs, n))) {
+		snprintf(res->error, sizeof(res->error), "%s", r->tx.err);
+		free(theirs);
+		return err;
+	}
+	res->first_lost_gpa = UINT64_MAX;
+	for (uint64_t p = 0; p < n; p++) {
+		if (dm_page_hash(r->w.cpu + p * DM_PAGE) == theirs[p])
+			continue;
+		if (!res->lost_pages++)
+			res->first_lost_gpa = p * DM_PAGE;
+		if (p * DM_PAGE < r->w.nic_bytes)
+			res->lost_nic_pages++;
+	}
+	free(theirs);
+	return 0;
+}
+
+static void collect(struct run *r)
+{
+	struct dm_run_result *res = r->res;
+	struct nic *n = &r->w.nic;
+
+	res->dma_packets = atomic_load(&n->packets);
+	res->dma_drops = atomic_load(&n->drops);
+	res->nic_errors = atomic_load(&n->bad);
+	snprintf(res->nic_err, sizeof(res->nic_err), "%s", n->err);
+	res->vcpu_writes = atomic_load(&r->w.vcpu_writes);
+	res->gp_used = r->t.gp_in_view;
+	if (r->t.gp) {
+		struct dirty_gp_health h;
+
+		dirty_gp_health(r->t.gp, &h);
+		res->gp_healthy = h.healthy;
+		snprintf(res->gp_reason, sizeof(res->gp_reason), "%s", h.reason);
+		res->gp_pinned_sent = h.pages_pinned_sent;
+	}
+}
+
+int dm_run_migration(const struct dm_run_config *cfg, struct dm_run_result *res)
+{
+	struct run *r = calloc(1, sizeof(*r));
+	char err[300] = "";
+	int e;
+
+	memset(res, 0, sizeof(*res));
+	res->mode = cfg->mode;
+	if (!r) {
+		snprintf(res->error, sizeof(res->error), "out of memory");
+		return res->err = -ENOMEM;
+	}
+	r->cfg = cfg;
+	r->res = res;
+	r->tx.c.fd = -1;
+	if ((e = wl_create(&r->w, &cfg->wl, err, sizeof(err))) ||
+	    (e = tracking_create(&r->t, cfg->mode, &r->w, err, sizeof(err))) ||
+	    (e = wl_nic_attach(&r->w, dirty_gp_fd(r->t.gp), err, sizeof(err)))) {
+		snprintf(res->error, sizeof(res->error), "%s", err);
+		goto out;
+	}
+	res->npages = r->w.npages;
+	if ((e = wl_start(&r->w))) {
+		snprintf(res->error, sizeof(res->error), "cannot start the guest's threads: %s", strerror(-e));
+		goto out;
+	}
+	/* Let the ring reach its steady state before the migration begins. */
+	nanosleep(&(struct timespec){ 0, 200000000 }, NULL);
+	if ((e = dm_tx_open(&r->tx, cfg->to, cfg->link_bytes_per_s, r->w.bytes,
+			    dm_mode_name(cfg->mode), cfg->last ? DM_HELLO_LAST : 0))) {
+		snprintf(res->error, sizeof(res->error), "%s", r->tx.err);
+		goto out;
+	}
+	r->t0 = now_s();
+	e = dirty_migrate(r->t.view, &cfg->mig, &ops, r, &res->mig);
+	if (cfg->progress)
+		fprintf(stderr, "\r\033[K");
+	if (e) {
+		uint64_t left = 0;
+
+		/* The driver kept every unacknowledged page dirty: show it. */
+		dirty_view_count(r->t.view, &left, NULL);
+		res->still_dirty = left;
+		snprintf(res->error, sizeof(res->error), "%s%s%s; %" PRIu64 " pages stay dirty in the view for a retry",
+			 r->tx.err[0] ? r->tx.err : r->why, r->tx.err[0] || r->why[0] ? " -- " : "",
+			 dirty_last_error(), left);
+		goto out;
+	}
+	res->link_bytes_per_s = cfg->link_bytes_per_s > 0 ? cfg->link_bytes_per_s : res->mig.bandwidth;
+	res->limit_ms = res->link_bytes_per_s > 0 ?
+		(double)res->mig.final_bytes / res->link_bytes_per_s * 1000 : 0;
+	if ((e = compare(r)))
+		goto out;
+	if ((e = dm_tx_bye(&r->tx)))
+		snprintf(res->error, sizeof(res->error), "%s", r->tx.err);
+out:
+	wl_stop_device(&r->w);
+	wl_stop_vcpus(&r->w);
+	collect(r);
+	dm_tx_close(&r->tx);
+	nic_fini(&r->w.nic);		/* the driver lets go of the region first */
+	tracking_destroy(&r->t);	/* then the sources (uffd on the CPU mapping) */
+	wl_destroy(&r->w);		/* then the memory */
+	free(r);
+	return res->err = e;
+}
