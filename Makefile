@@ -25,7 +25,7 @@ CFLAGS ?= -O2 -g
 SAN    ?=
 
 # Debian packages the build and tests need; `make deps` installs the missing.
-DEPS_PKGS := liburcu-dev liburing-dev libpci-dev check pkg-config python3 spin clang libclang-rt-dev gnuplot-nox
+DEPS_PKGS := liburcu-dev liburing-dev libpci-dev check pkg-config python3 spin clang libclang-rt-dev gnuplot-nox iproute2
 
 ifeq ($(SAN),asan)
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all

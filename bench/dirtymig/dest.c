@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "conn.h"
@@ -29,6 +30,8 @@ struct dest {
 	unsigned int round;	/* the next END_ROUND expected */
 	bool final;
 	uint64_t pages_rx;
+	uint64_t drop_after;	/* test: drop the connection at this many pages */
+	bool dropped;
 	char mode[17];
 	uint64_t gpa[DM_BATCH_MAX];
 	struct iovec iov[DM_BATCH_MAX];
@@ -137,6 +140,10 @@ static int pages(struct dest *d, const struct dm_rec *r)
 	if ((err = dm_recv_iov(&d->c, d->iov, (int)n)))
 		return recv_fail(d, err, "a page record's data");
 	d->pages_rx += n;
+	if (d->drop_after && d->pages_rx >= d->drop_after) {
+		d->dropped = true;
+		return -ECONNABORTED;
+	}
 	return 0;
 }
 
@@ -213,7 +220,8 @@ static int records(struct dest *d)
 }
 
 /* One connection. 1: it was flagged LAST; 0: more may follow; <0: refused. */
-static int serve_one(int fd, const struct dm_dest_opts *o)
+/* 2: dropped on purpose (--drop-after-pages); the source may come back. */
+static int serve_one(int fd, const struct dm_dest_opts *o, uint64_t drop_after)
 {
 	struct dest *d = calloc(1, sizeof(*d));
 	int err, last = 0;
@@ -231,12 +239,21 @@ static int serve_one(int fd, const struct dm_dest_opts *o)
 		return err;
 	}
 	d->alive = true;
+	d->drop_after = drop_after;
 	err = hello(d);
 	if (err >= 0) {
 		last = err;
 		err = records(d);
 	}
-	if (err) {
+	if (d->dropped) {
+		fprintf(stderr, "dirtymig dest: dropping the connection after %" PRIu64
+			" pages of '%s', as --drop-after-pages asked; waiting for a new one\n",
+			d->pages_rx, d->mode);
+		/* Reset, not a graceful close: as a crashed peer or a cut link looks. */
+		setsockopt(d->c.fd, SOL_SOCKET, SO_LINGER, &(struct linger){ 1, 0 },
+			   sizeof(struct linger));
+		err = 2;
+	} else if (err) {
 		size_t n = strlen(d->err) < DM_ERR_MAX ? strlen(d->err) : DM_ERR_MAX;
 
 		fprintf(stderr, "dirtymig dest: %s\n", d->err);
@@ -259,6 +276,7 @@ static int serve_one(int fd, const struct dm_dest_opts *o)
 int dm_dest_serve(int lfd, const struct dm_dest_opts *o)
 {
 	unsigned int done = 0;
+	uint64_t drop_after = o->drop_after_pages;	/* the first session only */
 	int bad = 0;
 
 	for (;;) {
@@ -268,7 +286,11 @@ int dm_dest_serve(int lfd, const struct dm_dest_opts *o)
 			fprintf(stderr, "dirtymig dest: accept: %s\n", strerror(-err));
 			return 1;
 		}
-		rc = serve_one(fd, o);
+		rc = serve_one(fd, o, drop_after);
+		if (rc == 2) {
+			drop_after = 0;
+			continue;
+		}
 		if (rc < 0) {
 			bad = 1;
 			if (!o->keep_going)

@@ -13,6 +13,8 @@ struct dm_dest_opts {
 	bool keep_going;	/* after a bad stream, serve the next connection */
 	bool quiet;		/* no line per migration received */
 	unsigned int max;	/* migrations to serve; 0: until one flagged LAST */
+	uint64_t drop_after_pages;	/* test only: drop the first connection after
+					   receiving this many pages; 0: never */
 };
 
 /*

@@ -40,6 +40,7 @@ struct opts {
 	enum dm_mode modes[DM_NMODES];
 	int nmodes;
 	bool json, quick, quiet, keep_going;
+	double drop_after_pages;	/* dest, test only */
 	/* Set explicitly? --quick only changes what was not given. */
 	bool set_mem, set_pool, set_ring, set_rate, set_pkt, set_time;
 	double mem_mib, pool_mib, link_mbps;
@@ -52,6 +53,7 @@ static void usage(FILE *f)
 "usage: dirtymig demo   [options]            source and destination on loopback\n"
 "       dirtymig source --to HOST:PORT [options]\n"
 "       dirtymig dest   --listen HOST:PORT [--keep-going] [--quiet]\n"
+"                       [--drop-after-pages N]\n"
 "       dirtymig --help\n\n"
 "The downtime harness: a live migration of a guest with a simulated\n"
 "pass-through NIC, through libdirty's pre-copy driver (dirty_migrate), over\n"
@@ -90,7 +92,13 @@ static void usage(FILE *f)
 "  --plot FILE        draw FILE.svg or FILE.png with gnuplot (if installed):\n"
 "                     dirty pages per round and downtime per mode\n"
 "  --quiet            no live progress line\n"
-"  --keep-going       dest: after a refused stream, serve the next one\n\n"
+"  --retry N          source: after a failed attempt (a dropped connection, a\n"
+"                     destination not up yet), reconnect and migrate again, up\n"
+"                     to N more times, 200 ms x attempt apart; the guest keeps\n"
+"                     running and every page is sent again (default 0)\n"
+"  --keep-going       dest: after a refused stream, serve the next one\n"
+"  --drop-after-pages N  dest, for tests: reset the first connection once N\n"
+"                     pages arrived, then serve the next one\n\n"
 "Table columns: total ms (whole migration), downtime ms (vCPU stop to the\n"
 "destination's ACK of the final round), limit ms (final bytes / link rate:\n"
 "the physical floor), rounds (pre-copy, first full pass included),\n"
@@ -99,7 +107,7 @@ static void usage(FILE *f)
 "JSON keys: mode ok error total_ms downtime_ms expected_downtime_ms rounds\n"
 "converged pages_sent bytes_sent final_pages final_bytes lost_pages\n"
 "lost_nic_pages link_bytes_per_s limit_ms bandwidth guest_bytes dma_packets\n"
-"dma_drops vcpu_writes nic_errors still_dirty downtime_target_ms\n"
+"dma_drops vcpu_writes nic_errors still_dirty attempts downtime_target_ms\n"
 "round_dirty_pages round_expected_ms.\n\n"
 "dest prints \"dirtymig dest: listening on IP:PORT\" (port 0 picks one), serves\n"
 "migrations until one flagged last, and refuses a malformed or truncated\n"
@@ -178,7 +186,8 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 	/* Unknown before reading a value: `--bogus x` must not eat x silently. */
 	snprintf(padded, sizeof(padded), " %s ", name);
 	if (!strstr(" --listen --to --plot --tracking --vcpu --mem-mib --pool-mib --vcpus --dirty-rate"
-		    " --pkt-rate --pkt-size --ring --link-mbps --downtime-ms --max-rounds --max-time --seed ",
+		    " --pkt-rate --pkt-size --ring --link-mbps --downtime-ms --max-rounds --max-time --seed"
+		    " --retry --drop-after-pages ",
 		    padded))
 		return bad_arg(a, "unknown option");
 	v = eq ? eq + 1 : *i + 1 < argc ? argv[++*i] : NULL;
@@ -216,6 +225,8 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 	NUMOPT("--max-rounds", 1, 100000, o->run.mig.max_rounds = (unsigned int)x, (void)0)
 	NUMOPT("--max-time", 0, 1e6, o->run.mig.max_time_s = x, o->set_time = true)
 	NUMOPT("--seed", 0, 1e18, o->run.wl.seed = (uint64_t)x, (void)0)
+	NUMOPT("--retry", 0, 1000, o->run.retry = (unsigned int)x, (void)0)
+	NUMOPT("--drop-after-pages", 1, 1e15, o->drop_after_pages = x, (void)0)
 #undef NUMOPT
 	return bad_arg(a, "unknown option");
 }
@@ -262,7 +273,8 @@ static int probe(bool uffd)
 
 static int cmd_dest(struct opts *o)
 {
-	struct dm_dest_opts d = { .keep_going = o->keep_going, .quiet = o->quiet };
+	struct dm_dest_opts d = { .keep_going = o->keep_going, .quiet = o->quiet,
+				  .drop_after_pages = (uint64_t)o->drop_after_pages };
 	char bound[128], err[300];
 	int lfd, rc;
 

@@ -143,13 +143,13 @@ void dm_report_json(FILE *f, const struct dm_run_result *r, int n,
 			",\"lost_nic_pages\":%" PRIu64 ",\"link_bytes_per_s\":%.0f,\"limit_ms\":%.3f"
 			",\"bandwidth\":%.0f,\"guest_bytes\":%" PRIu64 ",\"dma_packets\":%" PRIu64
 			",\"dma_drops\":%" PRIu64 ",\"vcpu_writes\":%" PRIu64 ",\"nic_errors\":%" PRIu64
-			",\"still_dirty\":%" PRIu64 ",\"downtime_target_ms\":%.3f",
+			",\"still_dirty\":%" PRIu64 ",\"attempts\":%u,\"downtime_target_ms\":%.3f",
 			x->mig.total_ms, x->mig.downtime_ms, x->mig.expected_downtime_ms, x->mig.rounds,
 			x->mig.converged ? "true" : "false", x->mig.pages_sent, x->mig.bytes_sent,
 			x->mig.final_pages, x->mig.final_bytes, x->lost_pages, x->lost_nic_pages,
 			x->link_bytes_per_s, x->limit_ms, x->mig.bandwidth, cfg->wl.mem_bytes,
 			x->dma_packets, x->dma_drops, x->vcpu_writes, x->nic_errors, x->still_dirty,
-			cfg->mig.downtime_target_ms);
+			x->attempts, cfg->mig.downtime_target_ms);
 		fputs(",\"round_dirty_pages\":[", f);
 		for (unsigned int k = 0; k < x->nrounds; k++)
 			fprintf(f, "%s%" PRIu64, k ? "," : "", x->round[k].dirty_pages);

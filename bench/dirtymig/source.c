@@ -209,25 +209,57 @@ int dm_run_migration(const struct dm_run_config *cfg, struct dm_run_result *res)
 	}
 	/* Let the ring reach its steady state before the migration begins. */
 	nanosleep(&(struct timespec){ 0, 200000000 }, NULL);
-	if ((e = dm_tx_open(&r->tx, cfg->to, cfg->link_bytes_per_s, r->w.bytes,
-			    dm_mode_name(cfg->mode), cfg->last ? DM_HELLO_LAST : 0))) {
-		snprintf(res->error, sizeof(res->error), "%s", r->tx.err);
-		goto out;
-	}
-	r->t0 = now_s();
-	e = dirty_migrate(r->t.view, &cfg->mig, &ops, r, &res->mig);
-	if (cfg->progress)
-		fprintf(stderr, "\r\033[K");
-	if (e) {
-		uint64_t left = 0;
+	for (unsigned int attempt = 0;; attempt++) {
+		res->attempts = attempt + 1;
+		if (attempt) {
+			/*
+			 * A fresh destination session starts with empty guest
+			 * memory: what the last one acknowledged is not there,
+			 * so everything goes again (the view kept the rest).
+			 */
+			useconds_t backoff = 200000u * attempt;
 
-		/* The driver kept every unacknowledged page dirty: show it. */
-		dirty_view_count(r->t.view, &left, NULL);
-		res->still_dirty = left;
-		snprintf(res->error, sizeof(res->error), "%s%s%s; %" PRIu64 " pages stay dirty in the view for a retry",
-			 r->tx.err[0] ? r->tx.err : r->why, r->tx.err[0] || r->why[0] ? " -- " : "",
-			 dirty_last_error(), left);
-		goto out;
+			dm_tx_close(&r->tx);
+			fprintf(stderr, "dirtymig: %s attempt %u failed: %s; retrying in %u ms (attempt %u of %u)\n",
+				dm_mode_name(cfg->mode), attempt, res->error, backoff / 1000, attempt + 1,
+				cfg->retry + 1);
+			usleep(backoff);
+			if ((e = dirty_view_mark_all(r->t.view))) {
+				snprintf(res->error, sizeof(res->error), "cannot mark the guest dirty for a retry: %s",
+					 dirty_last_error());
+				goto out;
+			}
+			r->why[0] = 0;
+			res->error[0] = 0;
+			res->still_dirty = 0;
+			res->nrounds = 0;
+			memset(&res->mig, 0, sizeof(res->mig));
+		}
+		if ((e = dm_tx_open(&r->tx, cfg->to, cfg->link_bytes_per_s, r->w.bytes,
+				    dm_mode_name(cfg->mode), cfg->last ? DM_HELLO_LAST : 0))) {
+			snprintf(res->error, sizeof(res->error), "%s", r->tx.err);
+			if (attempt < cfg->retry)
+				continue;
+			goto out;
+		}
+		r->t0 = now_s();
+		e = dirty_migrate(r->t.view, &cfg->mig, &ops, r, &res->mig);
+		if (cfg->progress)
+			fprintf(stderr, "\r\033[K");
+		if (!e)
+			break;
+		{
+			uint64_t left = 0;
+
+			/* The driver kept every unacknowledged page dirty: show it. */
+			dirty_view_count(r->t.view, &left, NULL);
+			res->still_dirty = left;
+			snprintf(res->error, sizeof(res->error), "%s%s%s; %" PRIu64 " pages stay dirty in the view for a retry",
+				 r->tx.err[0] ? r->tx.err : r->why, r->tx.err[0] || r->why[0] ? " -- " : "",
+				 dirty_last_error(), left);
+		}
+		if (attempt >= cfg->retry)
+			goto out;
 	}
 	res->link_bytes_per_s = cfg->link_bytes_per_s > 0 ? cfg->link_bytes_per_s : res->mig.bandwidth;
 	res->limit_ms = res->link_bytes_per_s > 0 ?

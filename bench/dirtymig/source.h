@@ -34,6 +34,7 @@ struct dm_run_config {
 	struct dirty_migrate_config mig;
 	bool last;		/* the destination exits after this one */
 	bool progress;		/* a live line on stderr */
+	unsigned int retry;	/* attempts after a failed one (fresh connection, full resend) */
 };
 
 struct dm_run_result {
@@ -48,6 +49,7 @@ struct dm_run_result {
 	uint64_t lost_nic_pages;	/* of which in the NIC's ring and pool */
 	uint64_t first_lost_gpa;
 	uint64_t still_dirty;	/* after a failure: pages the view kept dirty */
+	unsigned int attempts;	/* connections tried, the successful one included */
 	uint64_t dma_packets, dma_drops, nic_errors, vcpu_writes;
 	char nic_err[200];
 	bool gp_used;
