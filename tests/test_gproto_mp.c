@@ -88,34 +88,6 @@
 
 static uint64_t base_seed;
 
-static uint64_t rnd(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t below(uint64_t *s, uint64_t n)
-{
-	return n ? rnd(s) % n : 0;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static uint64_t scaled(double base, uint64_t min)
-{
-	double v = base * test_scale();
-
-	return v < (double)min ? min : (uint64_t)v;
-}
 
 static void sleep_us(long us)
 {
@@ -303,7 +275,7 @@ static void gsync(struct guest *gu, struct ent *e)
 
 static int pick_slot(struct guest *gu)
 {
-	int s = (int)below(&gu->seed, (uint64_t)gu->r->nslots);
+	int s = (int)test_below(&gu->seed, (uint64_t)gu->r->nslots);
 
 	while (gu->busy[s])
 		s = (s + 1) % gu->r->nslots;
@@ -313,17 +285,17 @@ static int pick_slot(struct guest *gu)
 
 static void choose_buffer(struct guest *gu, struct ent *e)
 {
-	uint64_t x = below(&gu->seed, 10);
+	uint64_t x = test_below(&gu->seed, 10);
 
-	e->n = 1 + (uint32_t)below(&gu->seed, SLOT_PAGES);
+	e->n = 1 + (uint32_t)test_below(&gu->seed, SLOT_PAGES);
 	e->dir = x < 6 ? DIRTY_FROM_DEVICE : x < 8 ? DIRTY_BIDIRECTIONAL : DIRTY_TO_DEVICE;
 	if (gu->r->p.overlap) {
 		e->slot = -1;
-		e->page = gu->r->slot_base[0][0] + below(&gu->seed, OVERLAP_PAGES - e->n + 1);
+		e->page = gu->r->slot_base[0][0] + test_below(&gu->seed, OVERLAP_PAGES - e->n + 1);
 	} else {
 		e->slot = pick_slot(gu);
 		e->page = gu->r->slot_base[gu->id][e->slot] +
-			  below(&gu->seed, SLOT_PAGES - e->n + 1);
+			  test_below(&gu->seed, SLOT_PAGES - e->n + 1);
 	}
 }
 
@@ -343,16 +315,16 @@ static void complete(struct guest *gu, struct ent *e)
 {
 	bool rx = e->dir & DIRTY_FROM_DEVICE;
 
-	if (rx && below(&gu->seed, 3) == 0) {
+	if (rx && test_below(&gu->seed, 3) == 0) {
 		gsync(gu, e);
-		if (below(&gu->seed, 2)) {
+		if (test_below(&gu->seed, 2)) {
 			/* Back to the device, which writes again before the unmap. */
 			dirty_guest_sync_for_device(gu->g, gpa_of(e->page), e->n * PS, e->dir);
 			device_write(gu, e);
 		}
 	}
 	gunmap(gu, e);
-	if (rx && !gu->r->p.overlap && below(&gu->seed, 4) == 0) {
+	if (rx && !gu->r->p.overlap && test_below(&gu->seed, 4) == 0) {
 		/* Forward what was received: TO_DEVICE dirties nothing. */
 		e->dir = DIRTY_TO_DEVICE;
 		if (gmap(gu, e)) {
@@ -373,10 +345,10 @@ static void tail_forward(struct guest *gu)
 {
 	struct ent e;
 	uint64_t r0;
-	double t0 = now_s();
+	double t0 = test_now_s();
 
 	e.slot = pick_slot(gu);
-	e.n = 1 + (uint32_t)below(&gu->seed, SLOT_PAGES);
+	e.n = 1 + (uint32_t)test_below(&gu->seed, SLOT_PAGES);
 	e.page = gu->r->slot_base[gu->id][e.slot];
 	e.dir = DIRTY_FROM_DEVICE;
 	if (!gmap(gu, &e))
@@ -388,7 +360,7 @@ static void tail_forward(struct guest *gu)
 		return;
 	r0 = atomic_load(&gu->r->ctl->round);
 	while (atomic_load(&gu->r->ctl->round) < r0 + 2 && !atomic_load(&gu->r->ctl->abort)) {
-		if (now_s() - t0 > 60) {
+		if (test_now_s() - t0 > 60) {
 			gfail(gu, "host rounds stalled during the tail", -ETIMEDOUT);
 			break;
 		}
@@ -415,8 +387,8 @@ static void guest_body(struct guest *gu)
 		while (it >= (atomic_load(&r->ctl->round) + 1) * r->per_round &&
 		       !atomic_load(&r->ctl->abort)) {
 			if (!t0)
-				t0 = now_s();
-			if (now_s() - t0 > 120) {
+				t0 = test_now_s();
+			if (test_now_s() - t0 > 120) {
 				gfail(gu, "host rounds stalled", -ETIMEDOUT);
 				atomic_store(&r->ctl->abort, 1);
 				break;
@@ -428,7 +400,7 @@ static void guest_body(struct guest *gu)
 		if (!e->active)
 			post(gu, e);
 		/* The device also fills another in-flight buffer, out of order. */
-		o = &gu->ring[below(&gu->seed, RING)];
+		o = &gu->ring[test_below(&gu->seed, RING)];
 		if (o->active && (o->dir & DIRTY_FROM_DEVICE))
 			device_write(gu, o);
 		if (r->p.procs && it % 256 == 0)
@@ -450,7 +422,7 @@ static void guest_body(struct guest *gu)
 		atomic_fetch_add_explicit(&gu->st->left_pages, e->n, memory_order_relaxed);
 		if (!(e->dir & DIRTY_FROM_DEVICE))
 			continue;
-		if (below(&gu->seed, 2))
+		if (test_below(&gu->seed, 2))
 			gsync(gu, e);
 		device_write(gu, e);
 		atomic_fetch_add_explicit(&gu->st->left_written, e->n, memory_order_relaxed);
@@ -550,9 +522,9 @@ static struct run *run_setup(const struct params *p)
 	ck_assert_ptr_nonnull(r);
 	cur_run = r;
 	r->p = *p;
-	r->npages = scaled(16384, 1024) + 37;	/* a short last bitmap word */
+	r->npages = test_scaled(16384, 1024) + 37;	/* a short last bitmap word */
 	r->size = r->npages * PS;
-	r->iters = scaled(p->procs ? 45000 : 30000, 1000);
+	r->iters = test_scaled(p->procs ? 45000 : 30000, 1000);
 	r->per_round = r->iters / ROUNDS;
 
 	r->ram_fd = memfd_create("guest-ram", MFD_CLOEXEC);
@@ -586,7 +558,7 @@ static struct run *run_setup(const struct params *p)
 
 		for (int i = 0; i < r->nslots; i++)
 			r->slot_base[k][i] = (uint64_t)k * slice + (uint64_t)i * stride +
-					     below(&s, stride - SLOT_PAGES + 1);
+					     test_below(&s, stride - SLOT_PAGES + 1);
 	}
 	if (p->overlap)	/* one pool straddling a bitmap word boundary */
 		r->slot_base[0][0] = 64 * 3 - OVERLAP_PAGES / 2;
@@ -740,7 +712,7 @@ static struct run *run_case(const struct params *p)
 {
 	struct run *r;
 	int reaped = 0, acked;
-	double t0 = now_s(), deadline = t0 + 300;
+	double t0 = test_now_s(), deadline = t0 + 300;
 	struct dirty_gp_health h;
 
 	r = run_setup(p);
@@ -775,10 +747,10 @@ static struct run *run_case(const struct params *p)
 	checker_start(r);
 
 	/* No full pass before the guests acknowledged tracking. */
-	r->t_ack = now_s();
+	r->t_ack = test_now_s();
 	while ((acked = dirty_gp_acked(r->gp)) == 0)
 		sleep_us(100);
-	r->t_ack = now_s() - r->t_ack;
+	r->t_ack = test_now_s() - r->t_ack;
 	ck_assert_msg(acked == 1, "guests never acknowledged tracking: %s", dirty_last_error());
 	memcpy(r->dst, r->ram_host, r->size);
 	r->first_pass = r->npages;
@@ -806,7 +778,7 @@ static struct run *run_case(const struct params *p)
 		}
 		if (!running)
 			break;
-		if (now_s() > deadline) {
+		if (test_now_s() > deadline) {
 			atomic_store(&r->ctl->abort, 1);
 			ck_abort_msg("%s: guests still running after 300 s", p->name);
 		}
@@ -840,7 +812,7 @@ static struct run *run_case(const struct params *p)
 	for (int i = 0; i < 5000 && atomic_load(&r->checks) == 0; i++)
 		sleep_us(1000);
 	checker_stop(r);
-	r->t_total = now_s() - t0;
+	r->t_total = test_now_s() - t0;
 
 	ck_assert_int_eq(dirty_gp_health(r->gp, &h), 0);
 	{

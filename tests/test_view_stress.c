@@ -55,34 +55,6 @@
 
 static uint64_t base_seed;
 
-static uint64_t rnd(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t below(uint64_t *s, uint64_t n)
-{
-	return n ? rnd(s) % n : 0;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static uint64_t scaled(double base, uint64_t min)
-{
-	double v = base * test_scale();
-
-	return v < (double)min ? min : (uint64_t)v;
-}
 
 /* Worker threads cannot use ck_assert: they record, the main thread asserts. */
 static atomic_uint async_failures;
@@ -322,7 +294,7 @@ static void *claimer_main(void *arg)
 	}
 	for (;;) {
 		bool draining = atomic_load(&w->drain);
-		size_t max = maxes[below(&c->seed, 4)];
+		size_t max = maxes[test_below(&c->seed, 4)];
 		ssize_t n;
 
 		if (atomic_load(&w->stop))
@@ -399,8 +371,8 @@ static void *churn_main(void *arg)
 	struct world *w = ch->w;
 
 	while (!atomic_load(&w->scratch_stop)) {
-		unsigned int g = (unsigned int)below(&ch->seed, NSCRATCH);
-		unsigned int flags = below(&ch->seed, 2) ? DIRTY_REGION_DIRTY : 0;
+		unsigned int g = (unsigned int)test_below(&ch->seed, NSCRATCH);
+		unsigned int flags = test_below(&ch->seed, 2) ? DIRTY_REGION_DIRTY : 0;
 		uint64_t pages;
 		int err;
 
@@ -417,8 +389,8 @@ static void *churn_main(void *arg)
 			async_fail("overlapping add returned %d, want -EEXIST", err);
 			break;
 		}
-		if (below(&ch->seed, 2))
-			usleep((useconds_t)below(&ch->seed, 300));
+		if (test_below(&ch->seed, 2))
+			usleep((useconds_t)test_below(&ch->seed, 300));
 		dirty_view_count(w->v, &pages, NULL);
 		err = dirty_view_remove_region(w->v, w->s_gpa);
 		if (err) {
@@ -426,8 +398,8 @@ static void *churn_main(void *arg)
 			break;
 		}
 		atomic_fetch_add_explicit(&w->scratch_cycles, 1, memory_order_relaxed);
-		if (below(&ch->seed, 2))
-			usleep((useconds_t)below(&ch->seed, 100));
+		if (test_below(&ch->seed, 2))
+			usleep((useconds_t)test_below(&ch->seed, 100));
 	}
 	return NULL;
 }
@@ -435,18 +407,18 @@ static void *churn_main(void *arg)
 /* Mark something inside the scratch range (present or not). */
 static void mark_scratch(struct world *w, uint64_t *seed)
 {
-	uint64_t maxpg = w->s_maxlen / 4096, p = below(seed, maxpg);
-	uint64_t n = 1 + below(seed, 64);
+	uint64_t maxpg = w->s_maxlen / 4096, p = test_below(seed, maxpg);
+	uint64_t n = 1 + test_below(seed, 64);
 	uint8_t bm[64];
 
 	atomic_fetch_add_explicit(&w->scratch_marks, 1, memory_order_relaxed);
-	switch (below(seed, 4)) {
+	switch (test_below(seed, 4)) {
 	case 0:		/* whole chunks of the 4 KiB geometries: full path */
-		dirty_view_mark(w->v, w->s_gpa, (1 + below(seed, 3)) * CHUNK * 4096);
+		dirty_view_mark(w->v, w->s_gpa, (1 + test_below(seed, 3)) * CHUNK * 4096);
 		break;
 	case 1:
 		for (unsigned int i = 0; i < sizeof(bm); i++)
-			bm[i] = (uint8_t)rnd(seed);
+			bm[i] = (uint8_t)test_rnd(seed);
 		dirty_view_merge_bitmap(w->v, w->s_gpa + p * 4096, 4096, bm,
 					8 * sizeof(bm));
 		break;
@@ -484,13 +456,13 @@ struct marker {
 static void mark_pages_loose(struct dirty_view *v, uint64_t start, uint64_t k,
 			     uint64_t ps, uint64_t *seed)
 {
-	uint64_t a = below(seed, 4) ? 0 : below(seed, ps);
+	uint64_t a = test_below(seed, 4) ? 0 : test_below(seed, ps);
 	uint64_t e;
 
 	if (k == 1)
-		e = start + a + 1 + below(seed, ps - a);
+		e = start + a + 1 + test_below(seed, ps - a);
 	else
-		e = start + (k - 1) * ps + 1 + (below(seed, 4) ? ps - 1 : below(seed, ps));
+		e = start + (k - 1) * ps + 1 + (test_below(seed, 4) ? ps - 1 : test_below(seed, ps));
 	dirty_view_mark(v, start + a, e - (start + a));
 }
 
@@ -539,17 +511,17 @@ static void mark_seg(struct marker *m, const struct seg *s)
 	switch (s->method) {
 	case M_SINGLE:
 		for (i = 0; i < n; i++) {
-			uint64_t off = below(seed, ps);
+			uint64_t off = test_below(seed, ps);
 
-			dirty_view_mark(w->v, g0 + i * ps + off, 1 + below(seed, ps - off));
+			dirty_view_mark(w->v, g0 + i * ps + off, 1 + test_below(seed, ps - off));
 			m->calls++;
 		}
 		break;
 	case M_RANGE:
 		for (i = 0; i < n;) {
-			uint64_t k = 1 + below(seed, n - i < 700 ? n - i : 700);
+			uint64_t k = 1 + test_below(seed, n - i < 700 ? n - i : 700);
 
-			if (below(seed, 4) == 0)
+			if (test_below(seed, 4) == 0)
 				k = n - i;
 			mark_pages_loose(w->v, g0 + i * ps, k, ps, seed);
 			m->calls++;
@@ -561,7 +533,7 @@ static void mark_seg(struct marker *m, const struct seg *s)
 		size_t k = 0;
 
 		for (i = 0; i < n;) {
-			uint64_t len = 1 + below(seed, 5);
+			uint64_t len = 1 + test_below(seed, 5);
 
 			if (len > n - i)
 				len = n - i;
@@ -577,11 +549,11 @@ static void mark_seg(struct marker *m, const struct seg *s)
 		break;
 	}
 	case M_BITMAP: {
-		unsigned int dens = (unsigned int)below(seed, 4);	/* 0: sparse .. 3: all */
+		unsigned int dens = (unsigned int)test_below(seed, 4);	/* 0: sparse .. 3: all */
 		uint64_t nbits, fps;
 		unsigned int per = 1;
 
-		if (ps == 4096 && !(local & 1) && !(n & 1) && below(seed, 2)) {
+		if (ps == 4096 && !(local & 1) && !(n & 1) && test_below(seed, 2)) {
 			/* 8 KiB foreign pages expand to two region pages each. */
 			per = 2;
 			fps = 8192;
@@ -592,13 +564,13 @@ static void mark_seg(struct marker *m, const struct seg *s)
 		}
 		memset(m->buf, 0, (nbits + 7) / 8);
 		for (i = 0; i < nbits; i++) {
-			uint64_t x = below(seed, 8);
+			uint64_t x = test_below(seed, 8);
 
 			if (dens == 3 || (dens == 0 && x == 0) ||
 			    (dens == 1 && x < 4) || (dens == 2 && x < 7))
 				m->buf[i / 8] |= (uint8_t)(1u << (i % 8));
 		}
-		if (ps == 2 * MIB && below(seed, 2)) {
+		if (ps == 2 * MIB && test_below(seed, 2)) {
 			/* 4 KiB foreign pages fold: one random 4 KiB bit per page. */
 			uint64_t fbits = n * 512;
 
@@ -609,7 +581,7 @@ static void mark_seg(struct marker *m, const struct seg *s)
 			memset(m->buf + 4096, 0, (fbits + 7) / 8);
 			for (i = 0; i < n; i++)
 				if (m->buf[i / 8] & (1u << (i % 8))) {
-					uint64_t b = i * 512 + below(seed, 512);
+					uint64_t b = i * 512 + test_below(seed, 512);
 
 					m->buf[4096 + b / 8] |= (uint8_t)(1u << (b % 8));
 				}
@@ -622,7 +594,7 @@ static void mark_seg(struct marker *m, const struct seg *s)
 		break;
 	}
 	case M_FULL:
-		switch (below(seed, 3)) {
+		switch (test_below(seed, 3)) {
 		case 0:
 			dirty_view_mark(w->v, g0, n * ps);
 			break;
@@ -648,10 +620,10 @@ static void mark_dup(struct marker *m)
 {
 	struct world *w = m->w;
 	uint64_t *seed = &m->seed;
-	const struct rgn *r = &w->r[below(seed, 4) ? 0 : 1];
-	uint64_t p = below(seed, r->npages), n;
+	const struct rgn *r = &w->r[test_below(seed, 4) ? 0 : 1];
+	uint64_t p = test_below(seed, r->npages), n;
 
-	switch (below(seed, 3)) {
+	switch (test_below(seed, 3)) {
 	case 0:		/* a whole chunk, over pages already in level 0 */
 		p -= p % CHUNK;
 		n = r->npages - p < CHUNK ? r->npages - p : CHUNK;
@@ -660,7 +632,7 @@ static void mark_dup(struct marker *m)
 		n = 1;
 		break;
 	default:
-		n = 1 + below(seed, 300);
+		n = 1 + test_below(seed, 300);
 		if (n > r->npages - p)
 			n = r->npages - p;
 		break;
@@ -677,9 +649,9 @@ static void *once_marker_main(void *arg)
 
 	for (size_t i = 0; i < m->norder; i++) {
 		mark_seg(m, &m->segs[m->order[i]]);
-		if (m->w->scratch && below(&m->seed, 3) == 0)
+		if (m->w->scratch && test_below(&m->seed, 3) == 0)
 			mark_scratch(m->w, &m->seed);
-		if (dup_marks && below(&m->seed, 3) == 0)
+		if (dup_marks && test_below(&m->seed, 3) == 0)
 			mark_dup(m);
 	}
 	return NULL;
@@ -699,23 +671,23 @@ static struct seg *make_segments(struct world *w, uint64_t *seed, size_t *nsegs,
 		uint64_t pos = 0;
 
 		while (pos < r->npages) {
-			uint64_t x = below(seed, 100), len;
+			uint64_t x = test_below(seed, 100), len;
 			uint8_t meth;
 
 			if (pos % CHUNK == 0 && x < 35) {
-				len = (1 + below(seed, 3)) * CHUNK;	/* 1-3 whole chunks */
+				len = (1 + test_below(seed, 3)) * CHUNK;	/* 1-3 whole chunks */
 				meth = M_FULL;
 				(*nfull)++;
-			} else if (below(seed, 300) == 0) {
-				len = CHUNK + below(seed, 3 * CHUNK);	/* partial + full + partial */
+			} else if (test_below(seed, 300) == 0) {
+				len = CHUNK + test_below(seed, 3 * CHUNK);	/* partial + full + partial */
 				meth = M_RANGE;
 			} else {
 				uint64_t to_chunk = CHUNK - pos % CHUNK;
 
-				len = 1 + below(seed, x & 1 ? 40 : 300);
-				meth = (uint8_t)below(seed, M_FULL);
+				len = 1 + test_below(seed, x & 1 ? 40 : 300);
+				meth = (uint8_t)test_below(seed, M_FULL);
 				/* Often stop at the chunk edge, so whole chunks can follow. */
-				if (len > to_chunk && below(seed, 3))
+				if (len > to_chunk && test_below(seed, 3))
 					len = to_chunk;
 			}
 			if (len > r->npages - pos)
@@ -759,7 +731,7 @@ static struct once_stats once_round(struct world *w, int nmark, int nclaim,
 	struct once_stats st = { 0 };
 	uint64_t *perm;
 	struct seg *segs;
-	double t0 = now_s();
+	double t0 = test_now_s();
 
 	size_t nall;
 
@@ -780,7 +752,7 @@ static struct once_stats once_round(struct world *w, int nmark, int nclaim,
 			w->expect[p]++;
 	}
 	for (size_t i = st.segs; i > 1; i--) {
-		size_t j = (size_t)below(&seed, i);
+		size_t j = (size_t)test_below(&seed, i);
 		uint64_t t = perm[i - 1];
 
 		perm[i - 1] = perm[j];
@@ -826,7 +798,7 @@ static struct once_stats once_round(struct world *w, int nmark, int nclaim,
 			ck_assert_int_eq(pthread_create(&ct[i], NULL, claimer_main, &cm[i]), 0);
 	for (int i = 0; i < nclaim; i++)
 		pthread_join(ct[i], NULL);
-	st.secs = now_s() - t0;
+	st.secs = test_now_s() - t0;
 	for (int i = 0; i < nmark; i++)
 		free(mk[i].buf);
 	free(perm);
@@ -900,7 +872,7 @@ static void run_exactly_once(bool scratch)
 	struct world w;
 	struct once_stats st;
 	uint64_t seed = base_seed ^ (scratch ? 0x5c7a7c4u : 0x0ce);
-	uint64_t rounds = scaled(scratch ? 40 : 100, 4), overlap = 0, partial = 0;
+	uint64_t rounds = test_scaled(scratch ? 40 : 100, 4), overlap = 0, partial = 0;
 	uint64_t ngroups, pages = 0;
 	size_t segs = 0, full = 0;
 	double secs = 0;
@@ -914,9 +886,9 @@ static void run_exactly_once(bool scratch)
 		uint64_t rs = seed + i * 0x1000193u, from = 0;
 
 		if (part)
-			from = 1 + below(&rs, ngroups - 1);
+			from = 1 + test_below(&rs, ngroups - 1);
 		dup_marks = ov;
-		st = once_round(&w, 3, 3, ov, from, below(&rs, 2), rs);
+		st = once_round(&w, 3, 3, ov, from, test_below(&rs, 2), rs);
 		dup_marks = false;
 		overlap += ov;
 		partial += part;
@@ -996,21 +968,21 @@ static uint64_t next_stamp(struct world *w)
 /* A page index, biased towards hot spots: chunk and group edges, region ends. */
 static uint64_t pick_page(struct world *w, uint64_t *seed, const struct rgn **rp)
 {
-	const struct rgn *r = &w->r[below(seed, 5) ? 0 : 1];
+	const struct rgn *r = &w->r[test_below(seed, 5) ? 0 : 1];
 	uint64_t p;
 
-	switch (below(seed, 6)) {
+	switch (test_below(seed, 6)) {
 	case 0:		/* the first chunks */
-		p = below(seed, 2 * CHUNK);
+		p = test_below(seed, 2 * CHUNK);
 		break;
 	case 1:		/* around the first group boundary (or B's chunk edge) */
-		p = (r->npages > GROUP ? GROUP : CHUNK) - 2048 + below(seed, 4096);
+		p = (r->npages > GROUP ? GROUP : CHUNK) - 2048 + test_below(seed, 4096);
 		break;
 	case 2:		/* the short last chunk */
-		p = r->npages - 1 - below(seed, 2 * CHUNK);
+		p = r->npages - 1 - test_below(seed, 2 * CHUNK);
 		break;
 	default:
-		p = below(seed, r->npages);
+		p = test_below(seed, r->npages);
 		break;
 	}
 	if (p >= r->npages)
@@ -1024,7 +996,7 @@ static void stamp_op(struct marker *m)
 	struct world *w = m->w;
 	uint64_t *seed = &m->seed;
 	const struct rgn *r;
-	uint64_t p = pick_page(w, seed, &r), s, n, x = below(seed, 100);
+	uint64_t p = pick_page(w, seed, &r), s, n, x = test_below(seed, 100);
 	int id = m->id;
 
 	if (w->scratch && x < 15) {
@@ -1032,11 +1004,11 @@ static void stamp_op(struct marker *m)
 			/* From A's tail into the scratch region (present or not). */
 			const struct rgn *a = &w->r[0];
 
-			n = 1 + below(seed, 64);
+			n = 1 + test_below(seed, 64);
 			s = next_stamp(w);
 			stamp_pages(w, id, a->first + a->npages - n, n, s);
 			dirty_view_mark(w->v, w->s_gpa - n * 4096,
-					(n + 1 + below(seed, 5000)) * 4096);
+					(n + 1 + test_below(seed, 5000)) * 4096);
 			count_marks(w, a->first + a->npages - n, n);
 		} else {
 			mark_scratch(w, seed);
@@ -1044,21 +1016,21 @@ static void stamp_op(struct marker *m)
 		m->calls++;
 		return;
 	}
-	x = below(seed, 100);
+	x = test_below(seed, 100);
 	if (x < 45) {		/* one page, any byte range inside it */
-		uint64_t off = below(seed, r->psize);
+		uint64_t off = test_below(seed, r->psize);
 
 		s = next_stamp(w);
 		stamp_pages(w, id, r->first + p, 1, s);
 		dirty_view_mark(w->v, r->gpa + p * r->psize + off,
-				1 + below(seed, r->psize - off));
+				1 + test_below(seed, r->psize - off));
 		count_marks(w, r->first + p, 1);
 	} else if (x < 70) {	/* a range; sometimes whole chunks */
-		if (below(seed, 8) == 0) {
+		if (test_below(seed, 8) == 0) {
 			p -= p % CHUNK;
-			n = below(seed, 3) == 0 ? 2 * CHUNK : CHUNK;
+			n = test_below(seed, 3) == 0 ? 2 * CHUNK : CHUNK;
 		} else {
-			n = 1 + below(seed, 600);
+			n = 1 + test_below(seed, 600);
 		}
 		if (n > r->npages - p)
 			n = r->npages - p;
@@ -1067,13 +1039,13 @@ static void stamp_op(struct marker *m)
 		mark_pages_loose(w->v, r->gpa + p * r->psize, n, r->psize, seed);
 		count_marks(w, r->first + p, n);
 	} else if (x < 85) {	/* a foreign bitmap of the region's page size */
-		uint64_t nbits = 1 + below(seed, 512);
+		uint64_t nbits = 1 + test_below(seed, 512);
 
 		if (nbits > r->npages - p)
 			nbits = r->npages - p;
 		memset(m->buf, 0, (nbits + 7) / 8);
 		for (uint64_t i = 0; i < nbits; i++)
-			if (below(seed, 3) == 0)
+			if (test_below(seed, 3) == 0)
 				m->buf[i / 8] |= (uint8_t)(1u << (i % 8));
 		s = next_stamp(w);
 		for (uint64_t i = 0; i < nbits; i++)
@@ -1087,7 +1059,7 @@ static void stamp_op(struct marker *m)
 	} else {		/* a batch of scattered pages */
 		struct dirty_range rg[8];
 		uint64_t pg[8];
-		size_t k = 1 + below(seed, 8);
+		size_t k = 1 + test_below(seed, 8);
 
 		for (size_t i = 0; i < k; i++) {
 			uint64_t q = pick_page(w, seed, &r);
@@ -1192,9 +1164,9 @@ static void run_stamps(bool scratch)
 	struct churner ch;
 	struct stamp_totals tot;
 	uint64_t seed = base_seed ^ (scratch ? 0x57a3f5u : 0x57a3u);
-	uint64_t phases = 4, ops = scaled(50000, 1000), late = 0;
+	uint64_t phases = 4, ops = test_scaled(50000, 1000), late = 0;
 	char what[96];
-	double t0 = now_s();
+	double t0 = test_now_s();
 
 	world_init(&w, MODE_STAMP, scratch);
 	for (uint64_t ph = 0; ph < phases; ph++) {
@@ -1238,7 +1210,7 @@ static void run_stamps(bool scratch)
 	       " marks on %" PRIu64 " pages, %" PRIu64 " page claims in %" PRIu64 " runs, %"
 	       PRIu64 " claim calls (%" PRIu64 " empty), %.2fs\n", name, phases, nmark, ops,
 	       nclaim, tot.marks, tot.pages, tot.claims, atomic_load(&w.runs),
-	       atomic_load(&w.calls), atomic_load(&w.empty_calls), now_s() - t0);
+	       atomic_load(&w.calls), atomic_load(&w.empty_calls), test_now_s() - t0);
 	if (scratch) {
 		printf("%s: scratch region added/removed %" PRIu64 " times, %" PRIu64
 		       " scratch marks, %" PRIu64 " scratch pages in %" PRIu64 " runs claimed\n",
@@ -1255,8 +1227,8 @@ static void run_stamps(bool scratch)
 	 */
 	for (uint64_t i = 0; i < 64; i++) {
 		const struct rgn *r = &w.r[i % 4 ? 0 : 1];
-		uint64_t lo = r == &w.r[0] ? GROUP : 0, p = lo + below(&seed, r->npages - lo);
-		uint64_t n = 1 + below(&seed, 8), st = next_stamp(&w);
+		uint64_t lo = r == &w.r[0] ? GROUP : 0, p = lo + test_below(&seed, r->npages - lo);
+		uint64_t n = 1 + test_below(&seed, 8), st = next_stamp(&w);
 
 		if (n > r->npages - p)
 			n = r->npages - p;
@@ -1310,13 +1282,13 @@ static void rel_mark(struct rel *t, uint64_t p, uint64_t n)
 static void rel_sparse(struct rel *t, uint64_t c, uint64_t *seed)
 {
 	for (uint64_t i = 0; i < CHUNK;) {
-		uint64_t n = 1 + below(seed, 6);
+		uint64_t n = 1 + test_below(seed, 6);
 
 		if (i + n > CHUNK)
 			n = CHUNK - i;
-		if (below(seed, 3) == 0)
+		if (test_below(seed, 3) == 0)
 			rel_mark(t, c * CHUNK + i, n);
-		i += n + 1 + below(seed, 8);
+		i += n + 1 + test_below(seed, 8);
 	}
 }
 
@@ -1396,7 +1368,7 @@ static void release_case(bool full_first, uint64_t g, int how, uint64_t *seed)
 			runs0 += t.marked[cb * CHUNK + i] &&
 				 (i == 0 || !t.marked[cb * CHUNK + i - 1]);
 		ck_assert_uint_gt(runs0, 2);
-		calls = 1 + below(seed, runs0 - 2);
+		calls = 1 + test_below(seed, runs0 - 2);
 	}
 	got_a = rel_claim(&t, a, 1, calls);
 	ck_assert_uint_gt(got_a, 0);
@@ -1455,7 +1427,7 @@ static void release_case(bool full_first, uint64_t g, int how, uint64_t *seed)
 START_TEST(test_release)
 {
 	uint64_t seed = base_seed ^ 0x4e1ea5eu;
-	uint64_t reps = scaled(20, 3), cases = 0;
+	uint64_t reps = test_scaled(20, 3), cases = 0;
 
 	for (uint64_t r = 0; r < reps; r++)
 		for (int full = 0; full < 2; full++)
@@ -1556,7 +1528,7 @@ static void wm_run(struct wm *t)
 		uint64_t seen;
 		ssize_t got;
 
-		if ((r & 255) == 0 && now_s() > t->deadline) {
+		if ((r & 255) == 0 && test_now_s() > t->deadline) {
 			atomic_store_explicit(&t->go, UINT64_MAX, memory_order_release);
 			break;
 		}
@@ -1576,13 +1548,13 @@ static void wm_run(struct wm *t)
 				     r, got, got > 0 ? run.gpa : 0, WM_GPA);
 		}
 		if (seen == r) {
-			uint64_t step = 1 + below(&seed, 16 + d / 16);
+			uint64_t step = 1 + test_below(&seed, 16 + d / 16);
 
 			t->fresh++;		/* marker was ahead: claim earlier */
 			d = d > step ? d - step : 0;
 		} else if (wm_drain(cl)) {
 			t->stale_ok++;		/* claim came first, page dirty again */
-			d += 1 + below(&seed, 16 + d / 16);
+			d += 1 + test_below(&seed, 16 + d / 16);
 		} else if (t->lost++ == 0) {
 			t->first_lost = r;
 		}
@@ -1616,8 +1588,8 @@ START_TEST(test_write_then_mark)
 		printf("write-then-mark: skipped, needs two CPUs to race on\n");
 		return;
 	}
-	t.rounds = scaled(50000, 10000);
-	t.deadline = now_s() + 4;
+	t.rounds = test_scaled(50000, 10000);
+	t.deadline = test_now_s() + 4;
 	t.page = aligned_alloc(4096, WM_WORDS * sizeof(*t.page));
 	ck_assert_ptr_nonnull(t.page);
 	memset(t.page, 0, WM_WORDS * sizeof(*t.page));

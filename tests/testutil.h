@@ -7,8 +7,10 @@
 #define LIBDIRTY_TESTUTIL_H
 
 #include <check.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #define TEST_SKIP 77
 
@@ -33,6 +35,38 @@ static inline double test_scale(void)
 	double v = s ? atof(s) : 1.0;
 
 	return v > 0 ? v : 1.0;
+}
+
+/* splitmix64: reproducible from a printed seed. */
+static inline uint64_t test_rnd(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* A number in [0, n). */
+static inline uint64_t test_below(uint64_t *s, uint64_t n)
+{
+	return n ? test_rnd(s) % n : 0;
+}
+
+static inline double test_now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* base scaled by test_scale(), at least min. */
+static inline uint64_t test_scaled(double base, uint64_t min)
+{
+	double v = base * test_scale();
+
+	return v < (double)min ? min : (uint64_t)v;
 }
 
 /*
