@@ -28,7 +28,7 @@ trap cleanup EXIT
 
 # ---- 1. one short migration per mode ------------------------------------
 set +e
-out=$(timeout 60 "$bin" demo --quick --json --quiet 2>"$tmp/demo.err")
+out=$(timeout 60 "$bin" demo --quick --vcpu=threads --json --quiet 2>"$tmp/demo.err")
 rc=$?
 set -e
 if [ $rc = 77 ]; then
@@ -64,6 +64,28 @@ assert am["final_pages"] == am["guest_bytes"] // 4096, "all-mapped must resend a
 print(f"modes OK: libdirty {ld['downtime_ms']:.1f} ms / 0 lost, cpu-only {co['lost_pages']} lost, "
       f"all-mapped {am['downtime_ms']:.1f} ms / 0 lost")
 PY
+
+# ---- 1b. the same with a real KVM guest (--vcpu=kvm); skipped without KVM --
+set +e
+out=$(timeout 60 "$bin" demo --quick --vcpu=kvm --json --quiet 2>"$tmp/kvm.err")
+rc=$?
+set -e
+if [ $rc = 77 ]; then
+  echo "skip kvm case: $(head -n1 "$tmp/kvm.err")"
+else
+  cat "$tmp/kvm.err"
+  [ $rc = 0 ] || { echo "$out"; echo "FAIL: dirtymig demo --quick --vcpu=kvm exited $rc"; exit 1; }
+  python3 - "$out" <<'PY'
+import json, sys
+runs = {o["mode"]: o for o in map(json.loads, filter(str.strip, sys.argv[1].splitlines()))}
+ld, co = runs["libdirty"], runs["cpu-only"]
+assert ld["ok"] and co["ok"], (ld.get("error"), co.get("error"))
+assert ld["vcpu_writes"] > 0, "the KVM vCPU wrote nothing"
+assert ld["lost_pages"] == 0, f"kvm: libdirty lost {ld['lost_pages']} pages"
+assert co["lost_pages"] > 0, "kvm: cpu-only lost no page"
+print(f"kvm OK: libdirty 0 lost ({ld['vcpu_writes']} guest page writes), cpu-only {co['lost_pages']} lost")
+PY
+fi
 
 # ---- 2. the destination refuses broken streams ----------------------------
 start_dest() {  # extra dest options

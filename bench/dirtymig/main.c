@@ -71,8 +71,10 @@ static void usage(FILE *f)
 "  all         the three, one migration each (demo's default; source: libdirty)\n\n"
 "Options (--opt VALUE or --opt=VALUE):\n"
 "  --tracking MODE    libdirty | cpu-only | all-mapped | all\n"
-"  --vcpu threads     vCPUs as host threads (the only kind in this version;\n"
-"                     kvm, a real KVM guest, comes later)\n"
+"  --vcpu kvm|threads kvm: one vCPU of a real KVM guest (tests/kvm payload)\n"
+"                     stamps pages, tracked by KVM's dirty log; threads:\n"
+"                     host threads tracked by userfaultfd (default kvm\n"
+"                     when /dev/kvm works)\n"
 "  --mem-mib N        guest RAM (default 256)\n"
 "  --vcpus N          vCPU writer threads (default 2)\n"
 "  --dirty-rate N     pages each vCPU writes per second (default 2000)\n"
@@ -199,13 +201,9 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 	if (!strcmp(name, "--tracking"))
 		return parse_tracking(o, v) ? bad_arg(v, "--tracking is libdirty, cpu-only, all-mapped or all") : 0;
 	if (!strcmp(name, "--vcpu")) {
-		if (!strcmp(v, "threads"))
-			return 0;
-		if (!strcmp(v, "kvm")) {
-			fprintf(stderr, "dirtymig: --vcpu=kvm (a real KVM guest) is not implemented in this version; use --vcpu=threads\n");
-			return EXIT_USAGE;
-		}
-		return bad_arg(v, "--vcpu is threads (kvm comes later)");
+		if (!strcmp(v, "threads")) { o->run.wl.vcpu_kind = WL_VCPU_THREADS; return 0; }
+		if (!strcmp(v, "kvm")) { o->run.wl.vcpu_kind = WL_VCPU_KVM; return 0; }
+		return bad_arg(v, "--vcpu is kvm or threads");
 	}
 #define NUMOPT(opt, lo, hi, dst, flag) \
 	if (!strcmp(name, opt)) { \
@@ -254,7 +252,7 @@ static void finish(struct opts *o)
 }
 
 /* 0, or EXIT_SKIP with the reason on stderr. */
-static int probe(bool uffd)
+static int probe(struct opts *o, bool uffd)
 {
 	struct io_uring ring;
 	int err = io_uring_queue_init(2, &ring, 0);
@@ -264,7 +262,23 @@ static int probe(bool uffd)
 		return EXIT_SKIP;
 	}
 	io_uring_queue_exit(&ring);
-	if (uffd && dirty_uffd_probe() != 0) {
+	if (uffd) {	/* the vCPU kind: kvm when /dev/kvm works, unless told */
+		struct wl_config *wl = &o->run.wl;
+		char why[200];
+		int k = wl->vcpu_kind == WL_VCPU_THREADS ? -1 : wl_kvm_usable(why, sizeof(why));
+
+		if (wl->vcpu_kind == WL_VCPU_KVM && k) {
+			fprintf(stderr, "dirtymig: --vcpu=kvm: %s\n", why);
+			return EXIT_SKIP;
+		}
+		if (wl->vcpu_kind == WL_VCPU_AUTO && !o->quiet)
+			fprintf(stderr, "dirtymig: vCPUs: %s\n", k ? "host threads (uffd-tracked); KVM unusable" :
+				"a KVM guest (KVM dirty log)");
+		if (k && wl->vcpu_kind == WL_VCPU_AUTO)
+			fprintf(stderr, "dirtymig: (%s)\n", why);
+		wl->vcpu_kind = k ? WL_VCPU_THREADS : WL_VCPU_KVM;
+	}
+	if (uffd && o->run.wl.vcpu_kind == WL_VCPU_THREADS && dirty_uffd_probe() != 0) {
 		fprintf(stderr, "dirtymig: %s\n", dirty_last_error());
 		return EXIT_SKIP;
 	}
@@ -280,7 +294,7 @@ static int cmd_dest(struct opts *o)
 
 	if (!o->listen)
 		return bad_arg("dest", "--listen HOST:PORT is required");
-	if ((rc = probe(false)))
+	if ((rc = probe(o, false)))
 		return rc;
 	if (dm_listen(o->listen, &lfd, bound, sizeof(bound), err, sizeof(err))) {
 		fprintf(stderr, "dirtymig dest: %s\n", err);
@@ -338,7 +352,7 @@ static int cmd_source(struct opts *o)
 
 	if (!o->to)
 		return bad_arg("source", "--to HOST:PORT is required");
-	if ((rc = probe(true)))
+	if ((rc = probe(o, true)))
 		return rc;
 	if (!(r = calloc(DM_NMODES, sizeof(*r))))
 		return 1;
@@ -372,7 +386,7 @@ static int cmd_demo(struct opts *o)
 	pid_t parent = getpid(), pid;
 	int lfd, rc, drc;
 
-	if ((rc = probe(true)))
+	if ((rc = probe(o, true)))
 		return rc;
 	if (dm_listen("127.0.0.1:0", &lfd, bound, sizeof(bound), err, sizeof(err))) {
 		fprintf(stderr, "dirtymig demo: %s\n", err);

@@ -77,9 +77,14 @@ int tracking_create(struct tracking *t, enum dm_mode m, struct workload *w,
 	memset(t, 0, sizeof(*t));
 	t->mode = m;
 	if ((e = dirty_view_new(&t->view)) ||
-	    (e = dirty_view_add_region(t->view, 0, w->bytes, WL_PAGE, 0)) ||
-	    (e = dirty_uffd_create(t->view, &t->uffd)) ||
-	    (e = dirty_uffd_add_range(t->uffd, w->cpu, w->bytes, 0)))
+	    (e = dirty_view_add_region(t->view, 0, w->bytes, WL_PAGE, 0)))
+		goto fail;
+	if (w->kvm) {	/* a real guest: KVM's dirty log is the CPU side */
+		if ((e = wl_kvm_attach(w, t->view, &t->kvm)))
+			goto fail;
+		t->w = w;
+	} else if ((e = dirty_uffd_create(t->view, &t->uffd)) ||
+		   (e = dirty_uffd_add_range(t->uffd, w->cpu, w->bytes, 0)))
 		goto fail;
 	t->gp_in_view = m == DM_MODE_LIBDIRTY;
 	if (!t->gp_in_view && (e = dirty_view_new(&t->decoy)))
@@ -110,7 +115,9 @@ fail:
 
 void tracking_destroy(struct tracking *t)
 {
-	/* The views free their sources: uffd, protocol region, all-mapped. */
+	if (t->kvm)	/* the reaper and ring-full callback go before the adapter */
+		wl_kvm_detach(t->w);
+	/* The views free their sources: uffd or KVM, protocol region, all-mapped. */
 	if (t->view)
 		dirty_view_free(t->view);
 	if (t->decoy)

@@ -36,7 +36,9 @@ struct tracking {
 	enum dm_mode mode;
 	struct dirty_view *view;	/* what the migration drains */
 	struct dirty_view *decoy;	/* holds the protocol region when ignored */
-	struct dirty_uffd *uffd;
+	struct dirty_uffd *uffd;	/* --vcpu=threads */
+	struct dirty_kvm *kvm;		/* --vcpu=kvm, instead of uffd */
+	struct workload *w;		/* with kvm: whose VM */
 	struct dirty_gp *gp;		/* always exists: the guest driver uses it */
 	bool gp_in_view;
 	struct dirty_source *all_mapped;

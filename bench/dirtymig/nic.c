@@ -63,10 +63,10 @@ int nic_init(struct nic *n, struct workload *w, int gp_fd, char *err, size_t err
 	memset(n, 0, sizeof(*n));
 	n->w = w;
 	n->ring = w->cfg.ring;
-	n->desc_gpa = 0;
+	n->desc_gpa = w->nic_base;
 	n->desc_bytes = (n->ring * sizeof(struct nic_desc) + WL_PAGE - 1) / WL_PAGE * WL_PAGE;
 	n->pool_gpa = n->desc_gpa + n->desc_bytes;
-	n->pool_pages = (w->nic_bytes - n->pool_gpa) / WL_PAGE;
+	n->pool_pages = (w->nic_base + w->nic_bytes - n->pool_gpa) / WL_PAGE;
 	if ((e = dirty_guest_open_fd(gp_fd, &n->g)) ||
 	    (e = dirty_guest_agent_start(n->g, 1)) ||
 	    (e = dirty_guest_map(n->g, n->desc_gpa, n->desc_bytes, DIRTY_BIDIRECTIONAL))) {

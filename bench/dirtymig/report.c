@@ -21,10 +21,14 @@ void dm_report_setup(FILE *f, const struct dm_run_config *c)
 
 	if (c->link_bytes_per_s > 0)
 		snprintf(link, sizeof(link), "%.0f Mbit/s", c->link_bytes_per_s * 8 / 1e6);
-	fprintf(f, "guest %" PRIu64 " MiB; %u vCPU threads x %.0f pages/s (uffd-tracked); NIC %.0f packets/s x %u B\n"
-		"into a %u-descriptor ring over a %" PRIu64 " MiB buffer pool (DMA mapping); link %s;\n"
+	if (c->wl.vcpu_kind == WL_VCPU_KVM)
+		fprintf(f, "guest %" PRIu64 " MiB; 1 KVM vCPU x %.0f pages/s (KVM dirty log); NIC %.0f packets/s x %u B\n",
+			c->wl.mem_bytes >> 20, c->wl.dirty_rate * c->wl.vcpus, c->wl.pkt_rate, c->wl.pkt_size);
+	else
+		fprintf(f, "guest %" PRIu64 " MiB; %u vCPU threads x %.0f pages/s (uffd-tracked); NIC %.0f packets/s x %u B\n",
+			c->wl.mem_bytes >> 20, c->wl.vcpus, c->wl.dirty_rate, c->wl.pkt_rate, c->wl.pkt_size);
+	fprintf(f, "into a %u-descriptor ring over a %" PRIu64 " MiB buffer pool (DMA mapping); link %s;\n"
 		"downtime target %.0f ms; pre-copy caps %u rounds, %.1f s\n\n",
-		c->wl.mem_bytes >> 20, c->wl.vcpus, c->wl.dirty_rate, c->wl.pkt_rate, c->wl.pkt_size,
 		c->wl.ring, c->wl.pool_bytes >> 20, link, c->mig.downtime_target_ms,
 		c->mig.max_rounds ? c->mig.max_rounds : 30, c->mig.max_time_s);
 }

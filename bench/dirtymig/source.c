@@ -153,7 +153,7 @@ static int compare(struct run *r)
 			continue;
 		if (!res->lost_pages++)
 			res->first_lost_gpa = p * DM_PAGE;
-		if (p * DM_PAGE < r->w.nic_bytes)
+		if (p * DM_PAGE >= r->w.nic_base && p * DM_PAGE < r->w.nic_base + r->w.nic_bytes)
 			res->lost_nic_pages++;
 	}
 	free(theirs);

@@ -83,6 +83,8 @@ int wl_check(const struct wl_config *cfg, char *err, size_t errlen)
 			 (unsigned long long)pool, cfg->ring);
 		return -EINVAL;
 	}
+	if (cfg->vcpu_kind == WL_VCPU_KVM)
+		nic += WL_KVM_LOW;
 	if (cfg->mem_bytes % WL_PAGE || nic + (1ull << 20) > cfg->mem_bytes) {
 		snprintf(err, errlen, "guest RAM of %llu MiB leaves under 1 MiB for the vCPUs beside the NIC's %.1f MiB "
 			 "of ring and buffer pool", (unsigned long long)(cfg->mem_bytes >> 20), (double)nic / (1 << 20));
@@ -109,6 +111,7 @@ int wl_create(struct workload *w, const struct wl_config *cfg, char *err, size_t
 		return e;
 	/* The NIC's ring and pool sit at the bottom of RAM; the vCPUs get the rest. */
 	w->nic_bytes = nic_layout(cfg);
+	w->nic_base = cfg->vcpu_kind == WL_VCPU_KVM ? WL_KVM_LOW : 0;
 	w->memfd = memfd_create("dirtymig-guest-ram", MFD_CLOEXEC);
 	if (w->memfd < 0 || ftruncate(w->memfd, (off_t)w->bytes) < 0) {
 		snprintf(err, errlen, "cannot create %llu MiB of guest RAM (memfd): %s",
@@ -128,6 +131,8 @@ int wl_create(struct workload *w, const struct wl_config *cfg, char *err, size_t
 		pg[0] = p;
 		pg[1] = splitmix(&s);
 	}
+	if (cfg->vcpu_kind == WL_VCPU_KVM)
+		return wl_kvm_create(w, err, errlen);
 	return 0;
 }
 
@@ -136,6 +141,7 @@ void wl_destroy(struct workload *w)
 	wl_stop_device(w);
 	wl_stop_vcpus(w);
 	nic_fini(&w->nic);
+	wl_kvm_destroy(w);
 	if (w->cpu && w->cpu != MAP_FAILED)
 		munmap(w->cpu, w->bytes);
 	if (w->dma && w->dma != MAP_FAILED)
@@ -171,7 +177,7 @@ static void *vcpu_main(void *arg)
 {
 	struct vcpu *v = arg;
 	struct workload *w = v->w;
-	uint64_t first = w->nic_bytes / WL_PAGE, span = w->npages - first;
+	uint64_t first = (w->nic_base + w->nic_bytes) / WL_PAGE, span = w->npages - first;
 	struct pacer pc;
 
 	pacer_init(&pc, w->cfg.dirty_rate);
@@ -202,7 +208,9 @@ int wl_start(struct workload *w)
 	int err;
 
 	atomic_store(&w->vcpu_stop, false);
-	for (unsigned int i = 0; i < w->cfg.vcpus; i++) {
+	if (w->kvm && (err = wl_kvm_start(w)))
+		return err;
+	for (unsigned int i = 0; !w->kvm && i < w->cfg.vcpus; i++) {
 		struct vcpu *v = &w->vcpu[i];
 
 		if (v->running)
@@ -230,6 +238,8 @@ int wl_stop_device(struct workload *w)
 int wl_stop_vcpus(struct workload *w)
 {
 	atomic_store(&w->vcpu_stop, true);
+	if (w->kvm)
+		wl_kvm_stop(w);
 	for (unsigned int i = 0; i < w->cfg.vcpus; i++) {
 		if (!w->vcpu[i].running)
 			continue;

@@ -34,7 +34,13 @@ struct wl_config {
 	unsigned int ring;	/* RX descriptors */
 	uint64_t pool_bytes;	/* RX buffer pool the driver cycles through */
 	uint64_t seed;
+	int vcpu_kind;		/* WL_VCPU_*: AUTO is resolved before wl_create */
 };
+#define WL_VCPU_AUTO 0
+#define WL_VCPU_THREADS 1
+#define WL_VCPU_KVM 2
+/* KVM mode: the payload's GDT, command blocks, stacks, lists and image. */
+#define WL_KVM_LOW (1ull << 20)
 
 /* One RX descriptor, in guest memory (device and driver share it). */
 struct nic_desc {
@@ -83,7 +89,9 @@ struct workload {
 	uint8_t *cpu;		/* vCPU view: tracked by the uffd source */
 	uint8_t *dma;		/* device view: tracked by nothing */
 	uint64_t bytes, npages;
-	uint64_t nic_bytes;	/* the NIC owns [0, nic_bytes), vCPUs the rest */
+	uint64_t nic_base;	/* 0, or WL_KVM_LOW under a KVM guest (payload below) */
+	uint64_t nic_bytes;	/* the NIC owns [nic_base, +nic_bytes), vCPUs the rest */
+	struct wl_kvm *kvm;	/* --vcpu=kvm: the VM (vcpu_kvm.c), else NULL */
 	struct vcpu vcpu[WL_MAX_VCPUS];
 	_Atomic bool vcpu_stop;
 	_Atomic uint64_t vcpu_writes;
@@ -106,6 +114,20 @@ int wl_stop_vcpus(struct workload *w);
 
 /* Copy one page out of guest RAM while the guest may be writing it. */
 void wl_read_page(const struct workload *w, uint64_t gpa, void *dst);
+
+/* vcpu_kvm.c: a real KVM guest whose one vCPU stamps pages (WRITE_PAGES). */
+struct dirty_view;
+struct dirty_kvm;
+/* 0 if /dev/kvm opens and KVM_CREATE_VM works, else -errno and why. */
+int wl_kvm_usable(char *why, size_t len);
+int wl_kvm_create(struct workload *w, char *err, size_t errlen);
+void wl_kvm_destroy(struct workload *w);
+/* The KVM adapter as the view's CPU-side source (and its reaper in ring mode). */
+int wl_kvm_attach(struct workload *w, struct dirty_view *view, struct dirty_kvm **out);
+void wl_kvm_detach(struct workload *w);
+int wl_kvm_start(struct workload *w);
+void wl_kvm_stop(struct workload *w);
+const char *wl_kvm_mode(const struct workload *w);
 
 /* nic.c */
 int nic_init(struct nic *n, struct workload *w, int gp_fd, char *err, size_t errlen);
