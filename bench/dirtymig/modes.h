@@ -2,11 +2,14 @@
 /*
  * modes.h - what a migration trusts to know which pages changed:
  *
- *   libdirty    the merged view: the uffd source (vCPU writes) and the
- *               guest bitmap protocol (DMA the driver mapped)
- *   cpu-only    the uffd source alone, as a VMM trusting KVM's dirty log
- *               alone: DMA writes are lost
- *   all-mapped  the uffd source plus a source that reports every
+ * The CPU-side source is the KVM adapter with a KVM vCPU (--vcpu=kvm),
+ * or the uffd source with vCPU threads (--vcpu=threads).
+ *
+ *   libdirty    the merged view: the CPU-side source (vCPU writes) and
+ *               the guest bitmap protocol (DMA the driver mapped)
+ *   cpu-only    the CPU-side source alone, as a VMM trusting KVM's dirty
+ *               log alone: DMA writes are lost
+ *   all-mapped  the CPU-side source plus a source that reports every
  *               DMA-mappable page (all guest RAM) dirty at every sync and
  *               final, as VFIO type1 does without a vIOMMU (QEMU's
  *               fallback): nothing is lost, pre-copy never converges

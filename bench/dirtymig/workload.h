@@ -1,16 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * workload.h - the guest a migration moves: guest RAM (a memfd mapped
- * twice: the CPU mapping the vCPUs write and the uffd source tracks, and
- * a "DMA" mapping only the device writes, invisible to CPU-side tracking
- * as real DMA is), vCPU threads dirtying pages at a set rate, and a
+ * twice: the CPU mapping, and a "DMA" mapping only the device writes,
+ * invisible to CPU-side tracking as real DMA is), vCPUs dirtying pages at
+ * a set rate (a KVM guest, vcpu_kvm.c, tracked by the KVM adapter; or host
+ * threads writing the CPU mapping, tracked by the uffd source), and a
  * simulated pass-through NIC (nic.c) whose guest driver reports its DMA
  * mappings through the guest bitmap protocol.
  *
- * Guest-physical layout: the NIC owns [0, nic_bytes): its RX descriptor
- * ring, then its buffer pool; the vCPUs write [nic_bytes, bytes). The
- * NIC sits low so a migration's first pass (in address order) sends its
- * pool early and the device keeps writing it for the rest of the pass.
+ * Guest-physical layout: the NIC owns [nic_base, nic_base + nic_bytes):
+ * its RX descriptor ring, then its buffer pool (nic_base is 0 with vCPU
+ * threads, 1 MiB with a KVM guest, above the payload's own pages); the
+ * vCPUs write the rest. The NIC sits low so a migration's first pass (in
+ * address order) sends its pool early and the device keeps writing it for
+ * the rest of the pass.
  */
 #ifndef DIRTYMIG_WORKLOAD_H
 #define DIRTYMIG_WORKLOAD_H
