@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -175,6 +176,24 @@ int dm_connect(const char *addr, int *out, char *err, size_t errlen)
 
 /* ---- one connection through io_uring --------------------------------- */
 
+static bool want_zc(int fd)
+{
+	const char *env = getenv("DIRTYMIG_ZC");
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (env)
+		return atoi(env) != 0;
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
+		return false;
+	if (ss.ss_family == AF_INET)
+		return (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) != 127;
+	if (ss.ss_family == AF_INET6)
+		return !IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr) &&
+		       !IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *)&ss)->sin6_addr);
+	return false;
+}
+
 int dm_conn_init(struct dm_conn *c, int fd)
 {
 	int err;
@@ -185,6 +204,21 @@ int dm_conn_init(struct dm_conn *c, int fd)
 	if (err)
 		return err;
 	c->ring_ok = true;
+	/*
+	 * Zero-copy send where the kernel has it (6.1+) and the peer is not
+	 * on this host: the pages go to the NIC without a copy into socket
+	 * buffers. On loopback the kernel copies anyway and the completion
+	 * notification waits for the receiver, which measured 40 ms more
+	 * downtime on the quick demo. DIRTYMIG_ZC=0/1 overrides; a socket
+	 * that refuses it falls back by itself.
+	 */
+	if (want_zc(fd)) {
+		struct io_uring_probe *p = io_uring_get_probe_ring(&c->ring);
+
+		c->zc = p && io_uring_opcode_supported(p, IORING_OP_SENDMSG_ZC);
+		if (p)
+			io_uring_free_probe(p);
+	}
 	return 0;
 }
 
@@ -207,7 +241,9 @@ static int submit_msg(struct dm_conn *c, bool send, struct msghdr *msg)
 
 	if (!sqe)
 		return -EBUSY;
-	if (send)
+	if (send && c->zc)
+		io_uring_prep_sendmsg_zc(sqe, c->fd, msg, MSG_NOSIGNAL);
+	else if (send)
 		io_uring_prep_sendmsg(sqe, c->fd, msg, MSG_NOSIGNAL);
 	else
 		io_uring_prep_recvmsg(sqe, c->fd, msg, MSG_WAITALL);
@@ -215,18 +251,39 @@ static int submit_msg(struct dm_conn *c, bool send, struct msghdr *msg)
 	return err < 0 ? err : 0;
 }
 
+static int wait_cqe(struct dm_conn *c, struct io_uring_cqe **cqe)
+{
+	int err;
+
+	do
+		err = io_uring_wait_cqe(&c->ring, cqe);
+	while (err == -EINTR);
+	return err;
+}
+
+/*
+ * The result of the one operation in flight. A zero-copy send completes
+ * twice: its result (flagged MORE), then a notification once the kernel
+ * no longer reads the buffer; only then may the caller reuse it.
+ */
 static int reap(struct dm_conn *c)
 {
 	struct io_uring_cqe *cqe;
+	bool more;
 	int err, res;
 
-	do
-		err = io_uring_wait_cqe(&c->ring, &cqe);
-	while (err == -EINTR);
+	err = wait_cqe(c, &cqe);
 	if (err)
 		return err;
 	res = cqe->res;
+	more = cqe->flags & IORING_CQE_F_MORE;
 	io_uring_cqe_seen(&c->ring, cqe);
+	if (more) {
+		err = wait_cqe(c, &cqe);
+		if (err)
+			return err;
+		io_uring_cqe_seen(&c->ring, cqe);
+	}
 	return res;
 }
 
@@ -265,6 +322,10 @@ static int xfer(struct dm_conn *c, bool send, struct iovec *iov, int n)
 			res = reap(c);
 		if (res == -EINTR || res == -EAGAIN)
 			continue;
+		if (send && c->zc && (res == -EOPNOTSUPP || res == -EINVAL)) {
+			c->zc = false;	/* this socket takes plain sends only */
+			continue;
+		}
 		if (res < 0)
 			return res;
 		if (res == 0)	/* orderly close by the peer */
@@ -329,6 +390,10 @@ int dm_send_wait(struct dm_conn *c)
 		return 0;
 	c->sending = false;
 	res = reap(c);
+	if (c->zc && (res == -EOPNOTSUPP || res == -EINVAL)) {
+		c->zc = false;	/* nothing was sent: resend it plainly below */
+		res = -EAGAIN;
+	}
 	if (res < 0 && res != -EINTR && res != -EAGAIN)
 		return res;
 	if (res == 0 && iov_len(iov, n))

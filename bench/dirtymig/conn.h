@@ -18,6 +18,7 @@ struct dm_conn {
 	struct io_uring ring;
 	bool ring_ok;
 	bool sending;		/* an asynchronous send is in flight */
+	bool zc;		/* sends use IORING_OP_SENDMSG_ZC */
 	struct iovec iov[4];	/* what it sends (advanced on short sends) */
 	int iovcnt;
 	struct msghdr msg;
