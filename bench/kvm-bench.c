@@ -23,8 +23,8 @@
  *           ring: acquire-load flags, dedup into a pfn list, release-store
  *           RESET, KVM_RESET_DIRTY_RINGS.
  *  adapter  dirty_view_sync + dirty_claim_next in batches of RUN_BATCH runs
- *           into a run list; clear-log calls dirty_kvm_clear over each
- *           batch's span once claimed (where a VMM clears before sending).
+ *           into a run list; in clear-log mode each claim re-protects its
+ *           batch itself (the source's prepare_read), as for any sender.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -130,28 +130,18 @@ static int raw_ring(struct rig *r)
 	return 0;
 }
 
-/* The adapter side after its sync: claim everything, clear-log clears per batch. */
+/* The adapter side after its sync: claim everything (clear-log re-protects inside). */
 static int adapter_drain(struct rig *r)
 {
-	uint64_t lo, hi;
 	ssize_t k = 0;
-	int err = 0;
 
-	for (r->nruns = 0; !err && r->nruns < r->npages; r->nruns += (size_t)k) {
+	for (r->nruns = 0; r->nruns < r->npages; r->nruns += (size_t)k) {
 		k = dirty_claim_next(r->cl, r->runs + r->nruns, r->npages - r->nruns < RUN_BATCH ?
 				     r->npages - r->nruns : RUN_BATCH);
 		if (k <= 0)
 			return (int)k;
-		if (r->mode != DIRTY_KVM_CLEAR_LOG)
-			continue;
-		lo = UINT64_MAX, hi = 0;
-		for (const struct dirty_run *x = r->runs + r->nruns; x < r->runs + r->nruns + k; x++) {
-			lo = x->gpa < lo ? x->gpa : lo;
-			hi = x->gpa + x->len > hi ? x->gpa + x->len : hi;
-		}
-		err = dirty_kvm_clear(r->kvm, lo, hi - lo);
 	}
-	return err;
+	return 0;
 }
 
 /* N distinct random pages, noted in want, stamped by vCPU `side`. */

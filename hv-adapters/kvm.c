@@ -200,7 +200,8 @@ static int sync_logs(struct dirty_kvm *kvm)
 		if (kvm->mode == DIRTY_KVM_CLEAR_LOG) {
 			/*
 			 * Bits stay set until cleared: report each once, and
-			 * remember it until dirty_kvm_clear() re-protects it.
+			 * remember it until a claim re-protects it
+			 * (kvm_prepare_read).
 			 */
 			for (uint64_t w = 0; w < bitmap_words(s); w++) {
 				uint64_t fresh = s->bitmap[w] & ~s->pending[w];
@@ -304,7 +305,10 @@ static int kvm_sync(struct dirty_source *src)
 	return err;
 }
 
-static int clear_locked(struct dirty_kvm *kvm, uint64_t gpa, uint64_t len);
+static int clear_span(struct dirty_kvm *kvm, struct kslot *s, uint64_t first,
+		      uint64_t last);
+static int kvm_prepare_read(struct dirty_source *src, struct dirty_run *runs,
+			    size_t *n, size_t max);
 
 /* Start: every page is dirty for the first round; the kernel log restarts. */
 static int kvm_start(struct dirty_source *src)
@@ -325,7 +329,7 @@ static int kvm_start(struct dirty_source *src)
 				continue;
 			/* Re-protect what was logged before tracking began. */
 			memset(s->pending, 0xff, bitmap_words(s) * 8);
-			err = clear_locked(kvm, s->gpa, s->size);
+			err = clear_span(kvm, s, 0, s->npages);
 		}
 	}
 	mark_all_slots(kvm);
@@ -380,6 +384,19 @@ static const struct dirty_source_ops kvm_ops = {
 	.destroy = kvm_destroy,
 };
 
+/* Clear-log adds the read-side step: claimed pages are re-protected. */
+static const struct dirty_source_ops kvm_clear_ops = {
+	.version = DIRTY_SOURCE_OPS_VERSION,
+	.precision = DIRTY_PRECISE,
+	.name = "kvm-clear-log",
+	.start = kvm_start,
+	.stop = kvm_stop,
+	.sync = kvm_sync,
+	.final = kvm_sync,
+	.destroy = kvm_destroy,
+	.prepare_read = kvm_prepare_read,
+};
+
 DIRTY_API int dirty_kvm_create(struct dirty_view *view,
 			       const struct dirty_kvm_config *cfg,
 			       struct dirty_kvm **out)
@@ -410,7 +427,8 @@ DIRTY_API int dirty_kvm_create(struct dirty_view *view,
 	kvm->chunk = cfg->clear_chunk_pages ? cfg->clear_chunk_pages : 262144;
 	pthread_mutex_init(&kvm->lock, NULL);
 	/* No fixed ranges: the adapter marks its own slots on error. */
-	err = dirty_source_attach(view, &kvm_ops, kvm, NULL, 0, &kvm->src);
+	err = dirty_source_attach(view, kvm->mode == DIRTY_KVM_CLEAR_LOG ?
+				  &kvm_clear_ops : &kvm_ops, kvm, NULL, 0, &kvm->src);
 	if (err) {
 		pthread_mutex_destroy(&kvm->lock);
 		free(kvm);
@@ -610,45 +628,83 @@ static int clear_range(struct dirty_kvm *kvm, struct kslot *s, uint64_t first,
 	return err;
 }
 
-/* Re-protect [gpa, gpa + len) in clear-log mode. Called with kvm->lock. */
-static int clear_locked(struct dirty_kvm *kvm, uint64_t gpa, uint64_t len)
+/*
+ * Re-protect pages [first, last) of s (64-page aligned, or to the slot's
+ * end), chunk by chunk. Called with kvm->lock.
+ */
+static int clear_span(struct dirty_kvm *kvm, struct kslot *s, uint64_t first,
+		      uint64_t last)
 {
 	int err = 0;
 
-	for (size_t i = 0; i < kvm->nslots && !err; i++) {
-		struct kslot *s = &kvm->slots[i];
-		uint64_t a, e, first, last;
+	for (uint64_t p = first; p < last && !err; p += kvm->chunk)
+		err = clear_range(kvm, s, p, last - p < kvm->chunk ? last - p : kvm->chunk);
+	return err;
+}
 
-		if (gpa >= s->gpa + s->size || gpa + len <= s->gpa)
-			continue;
-		a = gpa > s->gpa ? gpa : s->gpa;
-		e = gpa + len < s->gpa + s->size ? gpa + len : s->gpa + s->size;
-		/*
-		 * KVM clears in 64-page units: widen outward. Safe, because
-		 * every page it re-protects is either still dirty in the view
-		 * or claimed and not yet read, and is read after this clear.
-		 */
-		first = ((a - s->gpa) / KVM_PAGE) & ~63ull;
-		last = ((e - s->gpa + KVM_PAGE - 1) / KVM_PAGE + 63) & ~63ull;
-		if (last > s->npages)
-			last = s->npages;
-		for (uint64_t p = first; p < last && !err; p += kvm->chunk)
-			err = clear_range(kvm, s, p,
-					  last - p < kvm->chunk ? last - p : kvm->chunk);
+/*
+ * Windows closer than this many pages are cleared in one span: scanning
+ * the pending words between them costs less than another ioctl.
+ */
+#define CLEAR_JOIN_PAGES 4096u
+
+/*
+ * Re-protect every page of runs[0 .. n) in clear-log mode, joining nearby
+ * runs of one slot into one clear. KVM clears in 64-page units, so each
+ * run is widened outward to them; that is safe because only *pending*
+ * pages are cleared, and a pending page was reported and not yet read
+ * since: it is still dirty in the view, or claimed and read after this
+ * clear. Called with kvm->lock.
+ */
+static int clear_runs(struct dirty_kvm *kvm, const struct dirty_run *runs, size_t n)
+{
+	struct kslot *cur = NULL;
+	uint64_t cfirst = 0, clast = 0;
+	int err = 0;
+
+	for (size_t i = 0; i < n && !err; i++) {
+		for (size_t k = 0; k < kvm->nslots && !err; k++) {
+			struct kslot *s = &kvm->slots[k];
+			uint64_t a, e, first, last;
+
+			if (runs[i].gpa >= s->gpa + s->size || runs[i].gpa + runs[i].len <= s->gpa)
+				continue;
+			a = runs[i].gpa > s->gpa ? runs[i].gpa : s->gpa;
+			e = runs[i].gpa + runs[i].len < s->gpa + s->size ?
+				runs[i].gpa + runs[i].len : s->gpa + s->size;
+			first = ((a - s->gpa) / KVM_PAGE) & ~63ull;
+			last = ((e - s->gpa + KVM_PAGE - 1) / KVM_PAGE + 63) & ~63ull;
+			if (last > s->npages)
+				last = s->npages;
+			if (cur == s && first <= clast + CLEAR_JOIN_PAGES && last >= cfirst) {
+				cfirst = first < cfirst ? first : cfirst;
+				clast = last > clast ? last : clast;
+				continue;
+			}
+			if (cur)
+				err = clear_span(kvm, cur, cfirst, clast);
+			cur = s;
+			cfirst = first;
+			clast = last;
+		}
 	}
+	if (cur && !err)
+		err = clear_span(kvm, cur, cfirst, clast);
 	if (err)
 		mark_all_slots(kvm);
 	return err;
 }
 
-DIRTY_API int dirty_kvm_clear(struct dirty_kvm *kvm, uint64_t gpa, uint64_t len)
+/* Clear-log: the claimed batch is re-protected before anyone reads it. */
+static int kvm_prepare_read(struct dirty_source *src, struct dirty_run *runs,
+			    size_t *n, size_t max)
 {
+	struct dirty_kvm *kvm = dirty_source_priv(src);
 	int err;
 
-	if (kvm->mode != DIRTY_KVM_CLEAR_LOG || !len)
-		return 0;
+	(void)max;
 	pthread_mutex_lock(&kvm->lock);
-	err = clear_locked(kvm, gpa, len);
+	err = clear_runs(kvm, runs, *n);
 	pthread_mutex_unlock(&kvm->lock);
 	return err;
 }

@@ -97,6 +97,8 @@ int dirty_view_merge_bitmap(struct dirty_view *view, uint64_t gpa,
 /* Number of dirty pages right now, and their bytes; O(dirty), no claiming. */
 int dirty_view_count(struct dirty_view *view, uint64_t *pages,
 		     uint64_t *bytes);
+/* Bytes the sources hold back for the final round (see held_bytes). */
+uint64_t dirty_view_held_bytes(struct dirty_view *view);
 
 /* ---- claiming (any number of threads, each with its own cursor) ------- */
 
@@ -105,7 +107,9 @@ int dirty_claim_new(struct dirty_view *view, struct dirty_claim **out);
  * Claim up to max runs of dirty pages. Each marked page is handed to
  * exactly one claimer per mark; a page marked again after its claim is
  * claimed again. Returns the number of runs (0: nothing is dirty now).
- * Runs never cross a region boundary.
+ * Runs never cross a region boundary. Every source's prepare_read has run
+ * on the runs returned: they may be read at once. On -errno (a source
+ * could not prepare them) nothing is handed out and nothing is lost.
  */
 ssize_t dirty_claim_next(struct dirty_claim *cl, struct dirty_run *runs,
 			 size_t max);
@@ -126,7 +130,7 @@ enum dirty_precision {
 	DIRTY_COARSE = 2,
 };
 
-#define DIRTY_SOURCE_OPS_VERSION 1
+#define DIRTY_SOURCE_OPS_VERSION 2
 
 /*
  * What every tracking mechanism fills in. version comes first so the
@@ -134,9 +138,13 @@ enum dirty_precision {
  * report pages with dirty_source_mark*() and return 0 or -errno. A failed
  * sync or final never reads as "clean": the view marks every page of the
  * source's ranges dirty and returns the error.
+ *
+ * Version 1 tables (up to destroy) keep working: the fields after it read
+ * as NULL. Every step correctness needs around a read is a callback here
+ * that the library invokes itself, so no caller can forget one.
  */
 struct dirty_source_ops {
-	uint32_t version;	/* DIRTY_SOURCE_OPS_VERSION */
+	uint32_t version;	/* DIRTY_SOURCE_OPS_VERSION (1 or 2) */
 	uint32_t precision;	/* enum dirty_precision */
 	const char *name;
 	int (*start)(struct dirty_source *src);	/* begin logging */
@@ -144,6 +152,29 @@ struct dirty_source_ops {
 	int (*sync)(struct dirty_source *src);	/* OR new dirty bits in */
 	int (*final)(struct dirty_source *src);	/* after VM and devices stop */
 	void (*destroy)(struct dirty_source *src);	/* free priv */
+	/* ---- version 2 ---- */
+	/*
+	 * Called by dirty_claim_next() on every batch of runs it claimed,
+	 * before it returns them, so before anyone reads those pages: the
+	 * source re-arms its log for them (KVM clear-log re-protects) and may
+	 * keep pages back (it then owns them and marks them again later),
+	 * rewriting runs[0 .. *n) in place with at most max runs. Called
+	 * concurrently from every claiming thread. An error fails the claim:
+	 * the batch is marked dirty again and the source's ranges too.
+	 */
+	int (*prepare_read)(struct dirty_source *src, struct dirty_run *runs,
+			    size_t *n, size_t max);
+	/*
+	 * 1 once the source may be read for a first full pass, 0 not yet,
+	 * -errno when it will not be (it then falls back on its own, e.g.
+	 * marking its range dirty at final). dirty_view_start() waits on it.
+	 */
+	int (*ready)(struct dirty_source *src);
+	/*
+	 * Bytes the source holds back for the final round (pages it will
+	 * mark only then), so the downtime estimate counts them.
+	 */
+	uint64_t (*held_bytes)(struct dirty_source *src);
 };
 
 /*
@@ -168,7 +199,12 @@ int dirty_source_merge_bitmap(struct dirty_source *src, uint64_t gpa,
 			      uint64_t page_size, const void *bitmap,
 			      uint64_t nbits);
 
-/* Start / stop every attached source; start stops those already started on error. */
+/*
+ * Start every attached source, then wait until each is ready for a first
+ * full pass (a guest acknowledged tracking) or says it will not be; the
+ * wait is bounded by the sources' own timeouts. On a start error the
+ * sources already started are stopped again.
+ */
 int dirty_view_start(struct dirty_view *view);
 int dirty_view_stop(struct dirty_view *view);
 /*
@@ -205,9 +241,10 @@ enum dirty_gp_pinned {
 	/* Pinned pages are marked dirty every sync (resent each round). */
 	DIRTY_GP_PINNED_SEND = 0,
 	/*
-	 * Pinned pages are left to the final round; a caller that skips a
-	 * pinned page it claimed hands it to dirty_gp_defer(), which carries
-	 * it until it is unpinned (then marked) or until final.
+	 * Pinned pages are left to the final round: a claim keeps back the
+	 * pinned pages it took (the source's prepare_read) and the source
+	 * carries them until they are unpinned (then marked) or until final.
+	 * Saves resending buffers the device keeps writing.
 	 */
 	DIRTY_GP_PINNED_DEFER = 1,
 };
@@ -239,8 +276,9 @@ struct dirty_source *dirty_gp_source(struct dirty_gp *gp);
 
 /*
  * Ask guests to start (on) or stop setting dirty bits: raises the tracking
- * generation. The source's start callback does this; until
- * dirty_gp_acked() returns 1 a migration must not begin its first pass.
+ * generation. The source's start and stop callbacks do this, and
+ * dirty_view_start() waits for the guest's acknowledgement (the source's
+ * ready callback) before it returns, so the first pass never starts early.
  */
 int dirty_gp_track(struct dirty_gp *gp, int on);
 /* 1: acknowledged; 0: not yet; -ETIMEDOUT: past ack_timeout_ms (unhealthy). */
@@ -248,8 +286,6 @@ int dirty_gp_acked(struct dirty_gp *gp);
 
 /* 1 if the guest holds gpa's page pinned, 0 if not, -ERANGE outside. */
 int dirty_gp_pinned(struct dirty_gp *gp, uint64_t gpa);
-/* Carry [gpa, gpa + len) until it is unpinned or final (DEFER policy). */
-int dirty_gp_defer(struct dirty_gp *gp, uint64_t gpa, uint64_t len);
 
 struct dirty_gp_health {
 	int healthy;		/* 0 once anything below went wrong (sticky) */
@@ -259,6 +295,7 @@ struct dirty_gp_health {
 	uint64_t pin_conflicts, pin_leaks, bad_ranges;	/* guest-reported */
 	uint64_t pages_harvested;	/* dirty bits moved into the view */
 	uint64_t pages_pinned_sent;	/* pinned pages marked (SEND, final) */
+	uint64_t pages_kept_back;	/* pinned pages claims kept back (DEFER) */
 	uint64_t pages_carried;		/* carried over right now (DEFER) */
 	uint64_t pages_carried_sent;	/* carried pages marked once unpinned */
 };
@@ -278,7 +315,7 @@ struct dirty_kvm;
 enum dirty_kvm_mode {
 	DIRTY_KVM_AUTO = 0,	/* ring if supported, else clear-log, else bitmap */
 	DIRTY_KVM_BITMAP,	/* KVM_GET_DIRTY_LOG (reads and re-protects) */
-	DIRTY_KVM_CLEAR_LOG,	/* MANUAL_DIRTY_LOG_PROTECT2: re-protect per chunk */
+	DIRTY_KVM_CLEAR_LOG,	/* MANUAL_DIRTY_LOG_PROTECT2: re-protect per claimed batch */
 	DIRTY_KVM_RING,		/* per-vCPU dirty rings */
 };
 
@@ -333,12 +370,6 @@ int dirty_kvm_ring_full(struct dirty_kvm *kvm);
 /* Ring mode: a thread that harvests every interval_us, taking no VMM lock. */
 int dirty_kvm_reaper_start(struct dirty_kvm *kvm, unsigned int interval_us);
 void dirty_kvm_reaper_stop(struct dirty_kvm *kvm);
-/*
- * Clear-log mode: re-protect [gpa, gpa + len) right before sending those
- * pages (64-page aligned, widened outward), so vCPUs are not re-faulted for
- * memory not yet copied. A no-op in the other modes.
- */
-int dirty_kvm_clear(struct dirty_kvm *kvm, uint64_t gpa, uint64_t len);
 
 /* ---- userfaultfd adapter (process memory) ------------------------------ */
 

@@ -6,7 +6,8 @@
  * time with an exchange, so concurrent claimers split the view by group
  * and never both receive a page for one mark. What it took is private
  * until returned as runs; dirty_claim_release() marks the rest dirty
- * again. Between calls the cursor keeps the region's id and geometry,
+ * again. Sources' prepare_read hooks run on every batch before it is
+ * returned. Between calls the cursor keeps the region's id and geometry,
  * never a pointer, since the region may be removed meanwhile (its pages
  * then need no sending and the private bits are dropped).
  */
@@ -117,23 +118,19 @@ static bool emit_chunk(struct dirty_claim *cl, struct region *r,
 	return room;
 }
 
-DIRTY_API ssize_t dirty_claim_next(struct dirty_claim *cl,
-				   struct dirty_run *runs, size_t max)
+/* Claim up to max runs from table t (inside a read section). */
+static size_t claim_batch(struct dirty_claim *cl, const struct region_table *t,
+			  struct dirty_run *runs, size_t max)
 {
-	const struct region_table *t;
 	struct region *r = NULL;
 	size_t n = 0, idle = 0;
 
-	if (!max)
-		return __dirty_err(-EINVAL, "dirty_claim_next: max is 0");
-	__dirty_rcu_lock();
-	t = atomic_load_explicit(&cl->view->table, memory_order_acquire);
 	if (cl->region_id)
 		r = __dirty_table_by_id(t, cl->region_id);
 	if (!r) {
 		drop_private(cl);
 		if (!t->n)
-			goto out;
+			return 0;
 		r = t->r[cl->region_id ? __dirty_table_lower(t, cl->region_gpa) % t->n : 0];
 		use_region(cl, r);
 	}
@@ -179,9 +176,30 @@ DIRTY_API ssize_t dirty_claim_next(struct dirty_claim *cl,
 		use_region(cl, r);
 		idle++;
 	}
-out:
+	return n;
+}
+
+DIRTY_API ssize_t dirty_claim_next(struct dirty_claim *cl,
+				   struct dirty_run *runs, size_t max)
+{
+	const struct region_table *t;
+	size_t n;
+	int err = 0;
+
+	if (!max)
+		return __dirty_err(-EINVAL, "dirty_claim_next: max is 0");
+	__dirty_rcu_lock();
+	t = atomic_load_explicit(&cl->view->table, memory_order_acquire);
+	/*
+	 * Before anyone reads them, every source re-arms its log for the
+	 * batch or keeps pages back. A batch kept back whole is not "nothing
+	 * dirty": claim on until a batch survives or the view is empty.
+	 */
+	while ((n = claim_batch(cl, t, runs, max)) &&
+	       !(err = __dirty_prepare_read(cl->view, runs, &n, max)) && !n)
+		;
 	__dirty_rcu_unlock();
-	return (ssize_t)n;
+	return err ? err : (ssize_t)n;
 }
 
 DIRTY_API void dirty_claim_release(struct dirty_claim *cl)

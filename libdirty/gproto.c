@@ -40,6 +40,13 @@ struct dirty_gp {
 	struct dirty_gp_config cfg;
 	struct dirty_source *src;
 	struct hbm carried;	/* deferred pages, host-private */
+	/*
+	 * DEFER: claims keep pinned pages back into `carried` until final
+	 * begins; both sides take carry_lock, so a page kept back either
+	 * lands before final releases every carried page, or is not kept.
+	 */
+	pthread_mutex_t carry_lock;
+	bool final_started;	/* under carry_lock */
 	pthread_mutex_t lock;	/* health and generation state */
 	bool healthy;
 	char reason[160];
@@ -48,7 +55,7 @@ struct dirty_gp {
 	double gen_time;
 	uint64_t last_hb;
 	double last_hb_change;
-	_Atomic uint64_t harvested, pinned_sent, carried_sent;	/* relaxed: statistics */
+	_Atomic uint64_t harvested, pinned_sent, carried_sent, kept_back;	/* relaxed: statistics */
 };
 
 #define LDA(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
@@ -291,12 +298,22 @@ static int release_carried(struct dirty_gp *gp, bool all)
 	return err;
 }
 
+static void set_final_started(struct dirty_gp *gp, bool on)
+{
+	pthread_mutex_lock(&gp->carry_lock);
+	gp->final_started = on;
+	pthread_mutex_unlock(&gp->carry_lock);
+}
+
 static int gp_sync_common(struct dirty_source *src, bool final)
 {
 	struct dirty_gp *gp = dirty_source_priv(src);
 	char reason[sizeof(gp->reason)];
 	bool healthy;
 	int err, e;
+
+	/* From final on nothing is kept back; a later sync is a new pre-copy. */
+	set_final_started(gp, final);
 
 	pthread_mutex_lock(&gp->lock);
 	check_health(gp);
@@ -331,7 +348,163 @@ static int gp_final(struct dirty_source *src)
 
 static int gp_start(struct dirty_source *src)
 {
+	set_final_started(dirty_source_priv(src), false);
 	return dirty_gp_track(dirty_source_priv(src), 1);
+}
+
+/*
+ * Ready once the guest acknowledged tracking. A guest that never opened
+ * the region (not booted yet) is not waited for: its first
+ * acknowledgement will come late, which the health rules handle.
+ */
+static int gp_ready(struct dirty_source *src)
+{
+	struct dirty_gp *gp = dirty_source_priv(src);
+
+	if (LDA(&gp->hdr->guest.state) != DIRTY_PROTO_GUEST_RUNNING)
+		return -ENODEV;
+	return dirty_gp_acked(gp);
+}
+
+/* Pinned pages in gp pages [p, end): the first one, or end. */
+static uint64_t next_pinned(struct dirty_gp *gp, uint64_t p, uint64_t end)
+{
+	while (p < end) {
+		/* Acquire: as mark_pinned(); a clear pin shows its dirty bit. */
+		uint64_t v = LDA(&gp->pin[p / 64]) & (~0ull << (p % 64));
+
+		if (v)
+			return (p & ~63ull) + (uint64_t)__builtin_ctzll(v) < end ?
+				(p & ~63ull) + (uint64_t)__builtin_ctzll(v) : end;
+		p = (p & ~63ull) + 64;
+	}
+	return end;
+}
+
+/* Append [gpa, gpa + len) to out; false if that would pass max runs. */
+static bool put_run(struct dirty_run *out, size_t *n, size_t max, uint64_t gpa,
+		    uint64_t len)
+{
+	if (!len)
+		return true;
+	if (*n && out[*n - 1].gpa + out[*n - 1].len == gpa) {
+		out[*n - 1].len += len;
+		return true;
+	}
+	if (*n == max)
+		return false;
+	out[*n].gpa = gpa;
+	out[(*n)++].len = len;
+	return true;
+}
+
+/*
+ * One claimed run: pass its pages on to out, keeping back (carrying) the
+ * pinned ones in units of `unit` bytes (the larger of the region's and
+ * the protocol's page size, so what is handed out stays page aligned).
+ * At most lim runs may be used in all; a split that would need more is
+ * not made and the rest goes out as is: sending a pinned page is merely
+ * early, never wrong. The caller leaves a free slot for the run.
+ */
+static void withhold_run(struct dirty_gp *gp, struct dirty_run in, uint64_t unit,
+			 struct dirty_run *out, size_t *n, size_t lim)
+{
+	uint64_t end = in.gpa + in.len, gend = gp->gpa + (gp->npages << gp->shift);
+	uint64_t a = in.gpa > gp->gpa ? in.gpa : gp->gpa;
+	uint64_t e = end < gend ? end : gend;
+	uint64_t pos = in.gpa;	/* what is not yet handed out or kept back */
+
+	while (a < e) {
+		uint64_t last = (e - gp->gpa + gp->page_size - 1) >> gp->shift;
+		uint64_t p = next_pinned(gp, (a - gp->gpa) >> gp->shift, last);
+		uint64_t x = gp->gpa + (p << gp->shift), k0, k1;
+		size_t need;
+
+		if (p >= last)
+			break;
+		k0 = x & ~(unit - 1);
+		k1 = k0 + unit;
+		k0 = k0 < pos ? pos : k0;
+		k1 = k1 > end ? end : k1;
+		a = k1;
+		/* Only whole units inside the protocol's range are kept back. */
+		if (k0 < gp->gpa || k1 > gend)
+			continue;
+		/* Slots for the part before (unless it joins) and for a tail. */
+		need = (k0 > pos && !(*n && out[*n - 1].gpa + out[*n - 1].len == pos)) +
+		       (k1 < end);
+		if (*n + need > lim)
+			break;
+		put_run(out, n, lim, pos, k0 - pos);
+		hbm_mark(&gp->carried, (k0 - gp->gpa) >> gp->shift,
+			 (k1 - k0) >> gp->shift);
+		atomic_fetch_add_explicit(&gp->kept_back, (k1 - k0) >> gp->shift,
+					  memory_order_relaxed);
+		pos = k1;
+	}
+	put_run(out, n, lim, pos, end - pos);	/* room was left for it */
+}
+
+/*
+ * DEFER: pinned pages a claim took are kept back until they are unpinned
+ * (then marked again by release_carried()) or until final; the claimer
+ * never sees them, so no caller has to skip and report them.
+ */
+static int gp_prepare_read(struct dirty_source *src, struct dirty_run *runs,
+			   size_t *n, size_t max)
+{
+	struct dirty_gp *gp = dirty_source_priv(src);
+	uint64_t gend = gp->gpa + (gp->npages << gp->shift);
+	struct dirty_view *view = dirty_source_view(src);
+	const struct region_table *t;
+	struct dirty_run *in;
+	size_t i, nin = *n;
+	bool any = false;
+
+	for (i = 0; i < nin && !any; i++) {
+		uint64_t a = runs[i].gpa > gp->gpa ? runs[i].gpa : gp->gpa;
+		uint64_t e = runs[i].gpa + runs[i].len < gend ? runs[i].gpa + runs[i].len : gend;
+
+		any = a < e && next_pinned(gp, (a - gp->gpa) >> gp->shift,
+					   (e - gp->gpa + gp->page_size - 1) >> gp->shift) <
+			       (e - gp->gpa + gp->page_size - 1) >> gp->shift;
+	}
+	if (!any)
+		return 0;
+	in = malloc(nin * sizeof(*in));
+	if (!in)
+		return 0;	/* nothing kept back: every page goes out, which is correct */
+	memcpy(in, runs, nin * sizeof(*in));
+	pthread_mutex_lock(&gp->carry_lock);
+	if (gp->final_started) {
+		pthread_mutex_unlock(&gp->carry_lock);
+		free(in);
+		return 0;
+	}
+	/* Called inside the claimer's read section: the table is stable. */
+	t = atomic_load_explicit(&view->table, memory_order_acquire);
+	*n = 0;
+	for (i = 0; i < nin; i++) {
+		const struct region *r = __dirty_table_find(t, in[i].gpa);
+		uint64_t unit = r && r->page_size > gp->page_size ? r->page_size : gp->page_size;
+
+		/* One slot stays free for each run still to come. */
+		withhold_run(gp, in[i], unit, runs, n, max - (nin - 1 - i));
+	}
+	pthread_mutex_unlock(&gp->carry_lock);
+	free(in);
+	return 0;
+}
+
+/* DEFER: what final will add that the view does not hold now (at most). */
+static uint64_t gp_held_bytes(struct dirty_source *src)
+{
+	struct dirty_gp *gp = dirty_source_priv(src);
+	uint64_t pages = hbm_count(&gp->carried);
+
+	for (uint64_t w = 0; w < gp->lay.dirty_words; w++)
+		pages += hbm_popcount(LDA(&gp->pin[w]) & word_mask(gp, w));
+	return pages << gp->shift;
 }
 
 static int gp_stop(struct dirty_source *src)
@@ -347,6 +520,7 @@ static void gp_free(struct dirty_gp *gp)
 		close(gp->fd);
 	hbm_destroy(&gp->carried);
 	pthread_mutex_destroy(&gp->lock);
+	pthread_mutex_destroy(&gp->carry_lock);
 	free(gp);
 }
 
@@ -364,6 +538,22 @@ static const struct dirty_source_ops gp_ops = {
 	.sync = gp_sync,
 	.final = gp_final,
 	.destroy = gp_destroy,
+	.ready = gp_ready,
+};
+
+/* DEFER: claims keep pinned pages back; final adds them. */
+static const struct dirty_source_ops gp_defer_ops = {
+	.version = DIRTY_SOURCE_OPS_VERSION,
+	.precision = DIRTY_PRECISE,
+	.name = "guest-protocol",
+	.start = gp_start,
+	.stop = gp_stop,
+	.sync = gp_sync,
+	.final = gp_final,
+	.destroy = gp_destroy,
+	.prepare_read = gp_prepare_read,
+	.ready = gp_ready,
+	.held_bytes = gp_held_bytes,
 };
 
 static int create_region(struct dirty_gp *gp)
@@ -447,6 +637,7 @@ DIRTY_API int dirty_gp_create(struct dirty_view *view,
 	gp->healthy = true;
 	gp->last_hb_change = __dirty_now();
 	pthread_mutex_init(&gp->lock, NULL);
+	pthread_mutex_init(&gp->carry_lock, NULL);
 	if (dirty_proto_layout(gp->npages, &gp->lay)) {
 		err = __dirty_err(-E2BIG, "guest protocol range of %llu pages is too large",
 				  (unsigned long long)gp->npages);
@@ -464,7 +655,8 @@ DIRTY_API int dirty_gp_create(struct dirty_view *view,
 		goto fail;
 	range.gpa = gp->gpa;
 	range.len = gp->npages << gp->shift;
-	err = dirty_source_attach(view, &gp_ops, gp, &range, 1, &gp->src);
+	err = dirty_source_attach(view, gp->cfg.pinned == DIRTY_GP_PINNED_DEFER ?
+				  &gp_defer_ops : &gp_ops, gp, &range, 1, &gp->src);
 	if (err)
 		goto fail;
 	*out = gp;
@@ -543,22 +735,6 @@ DIRTY_API int dirty_gp_pinned(struct dirty_gp *gp, uint64_t gpa)
 	return (LDA(&gp->pin[p / 64]) >> (p % 64)) & 1;
 }
 
-DIRTY_API int dirty_gp_defer(struct dirty_gp *gp, uint64_t gpa, uint64_t len)
-{
-	uint64_t s, e, end;
-
-	if (!len)
-		return 0;
-	if (__builtin_add_overflow(gpa, len, &end) || gpa < gp->gpa ||
-	    end > gp->gpa + (gp->npages << gp->shift))
-		return __dirty_err(-ERANGE, "dirty_gp_defer: [%#llx, +%#llx) is outside the guest protocol range",
-				   (unsigned long long)gpa, (unsigned long long)len);
-	s = (gpa - gp->gpa) >> gp->shift;
-	e = (end - gp->gpa + gp->page_size - 1) >> gp->shift;
-	hbm_mark(&gp->carried, s, e - s);
-	return 0;
-}
-
 DIRTY_API int dirty_gp_health(struct dirty_gp *gp, struct dirty_gp_health *h)
 {
 	memset(h, 0, sizeof(*h));
@@ -574,6 +750,7 @@ DIRTY_API int dirty_gp_health(struct dirty_gp *gp, struct dirty_gp_health *h)
 	h->bad_ranges = LDA(&gp->hdr->guest.bad_ranges);
 	h->pages_harvested = atomic_load_explicit(&gp->harvested, memory_order_relaxed);
 	h->pages_pinned_sent = atomic_load_explicit(&gp->pinned_sent, memory_order_relaxed);
+	h->pages_kept_back = atomic_load_explicit(&gp->kept_back, memory_order_relaxed);
 	h->pages_carried = hbm_count(&gp->carried);
 	h->pages_carried_sent = atomic_load_explicit(&gp->carried_sent, memory_order_relaxed);
 	return 0;

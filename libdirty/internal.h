@@ -69,7 +69,10 @@ struct region_table {
 
 struct dirty_source {
 	struct dirty_view *view;
-	const struct dirty_source_ops *ops;
+	/* The caller's table, widened to this version (missing fields NULL). */
+	struct dirty_source_ops ops;
+	const struct dirty_source_ops *user_ops;	/* identity, as attached */
+	_Atomic(struct dirty_source *) hook_next;	/* view->hooks list */
 	void *priv;
 	struct dirty_range *ranges;
 	size_t nranges;
@@ -86,6 +89,13 @@ struct dirty_source {
 struct dirty_view {
 	/* Readers: acquire load inside an RCU read section. */
 	_Atomic(struct region_table *) table;
+	/*
+	 * Sources with a prepare_read hook, an RCU list: claimers follow it
+	 * with acquire loads inside a read section; attach and detach relink
+	 * it with release stores under lock, and detach waits for a grace
+	 * period before the source is freed.
+	 */
+	_Atomic(struct dirty_source *) hooks;
 	/* Serialises table updates, the source list and syncs. */
 	pthread_mutex_t lock;
 	struct dirty_source *sources;
@@ -117,5 +127,12 @@ int __dirty_merge_checked(struct dirty_view *view, uint64_t gpa,
 			  uint64_t nbits, uint64_t *marked);
 
 double __dirty_now(void);
+
+/*
+ * Run every prepare_read hook on runs[0 .. *n) (inside a read section);
+ * on error the runs are marked dirty again and the error is returned.
+ */
+int __dirty_prepare_read(struct dirty_view *view, struct dirty_run *runs,
+			 size_t *n, size_t max);
 
 #endif /* LIBDIRTY_INTERNAL_H */

@@ -110,9 +110,9 @@ DIRTY_API int dirty_memsrc_mark(struct dirty_source *src, uint64_t gpa,
 	struct memsrc *m;
 	uint64_t s, e;
 
-	if (src->ops != &memsrc_ops)
+	if (src->user_ops != &memsrc_ops)
 		return __dirty_err(-EINVAL, "dirty_memsrc_mark: source '%s' is not an in-memory source",
-				   src->ops->name ? src->ops->name : "?");
+				   src->ops.name ? src->ops.name : "?");
 	m = dirty_source_priv(src);
 	if (len == 0)
 		return 0;

@@ -151,6 +151,8 @@ DIRTY_API int dirty_migrate(struct dirty_view *view,
 			goto fail;
 		synced = true;
 		dirty_view_count(view, NULL, &dirty_bytes);
+		/* Pages a source keeps back for final are sent in the downtime too. */
+		dirty_bytes += dirty_view_held_bytes(view);
 		res->expected_downtime_ms = res->bandwidth > 0 ?
 			(double)dirty_bytes / res->bandwidth * 1000 : 0;
 		if (ops->progress) {

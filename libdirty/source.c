@@ -6,11 +6,24 @@
  * callbacks mark through the lock-free view paths.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
+
+/* Bytes of a version-1 table: everything up to and including destroy. */
+#define OPS_V1_SIZE (offsetof(struct dirty_source_ops, destroy) + \
+		     sizeof(((struct dirty_source_ops *)0)->destroy))
+
+/* The error rule: what a source cannot vouch for is dirty. */
+static void mark_source_all(struct dirty_source *src)
+{
+	for (size_t i = 0; i < src->nranges; i++)
+		dirty_source_mark(src, src->ranges[i].gpa, src->ranges[i].len);
+}
 
 DIRTY_API int dirty_source_attach(struct dirty_view *view,
 				  const struct dirty_source_ops *ops,
@@ -19,8 +32,8 @@ DIRTY_API int dirty_source_attach(struct dirty_view *view,
 {
 	struct dirty_source *s, **tail;
 
-	if (!ops || ops->version != DIRTY_SOURCE_OPS_VERSION)
-		return __dirty_err(-EINVAL, "source ops version %u, this libdirty speaks %u",
+	if (!ops || ops->version < 1 || ops->version > DIRTY_SOURCE_OPS_VERSION)
+		return __dirty_err(-EINVAL, "source ops version %u, this libdirty speaks 1 to %u",
 				   ops ? ops->version : 0, DIRTY_SOURCE_OPS_VERSION);
 	if (ops->precision != DIRTY_PRECISE && ops->precision != DIRTY_COARSE)
 		return __dirty_err(-EINVAL, "source '%s': precision must be DIRTY_PRECISE or DIRTY_COARSE",
@@ -40,12 +53,20 @@ DIRTY_API int dirty_source_attach(struct dirty_view *view,
 		memcpy(s->ranges, ranges, nranges * sizeof(*ranges));
 	s->nranges = nranges;
 	s->view = view;
-	s->ops = ops;
+	/* A version-1 table is shorter: read only what it has. */
+	memcpy(&s->ops, ops, ops->version == 1 ? OPS_V1_SIZE : sizeof(*ops));
+	s->user_ops = ops;
 	s->priv = priv;
 	pthread_mutex_lock(&view->lock);
 	for (tail = &view->sources; *tail; tail = &(*tail)->next)
 		;
 	*tail = s;
+	if (s->ops.prepare_read) {
+		atomic_init(&s->hook_next,
+			    atomic_load_explicit(&view->hooks, memory_order_relaxed));
+		/* Release: a claimer that reaches s sees it built. */
+		atomic_store_explicit(&view->hooks, s, memory_order_release);
+	}
 	pthread_mutex_unlock(&view->lock);
 	*out = s;
 	return 0;
@@ -66,11 +87,22 @@ DIRTY_API void dirty_source_detach(struct dirty_source *src)
 			break;
 		}
 	}
-	if (src->started && src->ops->stop)
-		src->ops->stop(src);
+	if (src->ops.prepare_read) {
+		_Atomic(struct dirty_source *) *hp = &view->hooks;
+
+		while (atomic_load_explicit(hp, memory_order_relaxed) != src)
+			hp = &atomic_load_explicit(hp, memory_order_relaxed)->hook_next;
+		/* Unlinked; a claimer standing on src still walks on from it. */
+		atomic_store_explicit(hp, atomic_load_explicit(&src->hook_next,
+				      memory_order_relaxed), memory_order_release);
+		/* No claimer is inside its hook once this returns. */
+		__dirty_rcu_synchronize();
+	}
+	if (src->started && src->ops.stop)
+		src->ops.stop(src);
 	pthread_mutex_unlock(&view->lock);
-	if (src->ops->destroy)
-		src->ops->destroy(src);
+	if (src->ops.destroy)
+		src->ops.destroy(src);
 	free(src->ranges);
 	free(src);
 }
@@ -130,29 +162,43 @@ DIRTY_API int dirty_source_merge_bitmap(struct dirty_source *src, uint64_t gpa,
 	return err;
 }
 
-/* The error rule: what a source cannot vouch for is dirty. */
-static void mark_source_all(struct dirty_source *src)
+/* Sources not ready yet (ready() == 0); 0 when all are, or said they never will be. */
+static size_t not_ready(struct dirty_view *view)
 {
-	for (size_t i = 0; i < src->nranges; i++)
-		dirty_source_mark(src, src->ranges[i].gpa, src->ranges[i].len);
+	size_t n = 0;
+
+	pthread_mutex_lock(&view->lock);
+	for (struct dirty_source *s = view->sources; s; s = s->next)
+		if (s->started && s->ops.ready && s->ops.ready(s) == 0)
+			n++;
+	pthread_mutex_unlock(&view->lock);
+	return n;
 }
+
+/*
+ * A source that stays "not yet" past its own timeout is a broken source;
+ * this cap keeps start from hanging on it (the source then reads as late,
+ * which it must handle as it handles a timeout).
+ */
+#define READY_CAP_S 60.0
 
 DIRTY_API int dirty_view_start(struct dirty_view *view)
 {
 	struct dirty_source *s;
+	double t0;
 	int err = 0;
 
 	pthread_mutex_lock(&view->lock);
 	for (s = view->sources; s; s = s->next) {
 		if (s->started)
 			continue;
-		err = s->ops->start ? s->ops->start(s) : 0;
+		err = s->ops.start ? s->ops.start(s) : 0;
 		if (err < 0) {
-			const char *name = s->ops->name ? s->ops->name : "?";
+			const char *name = s->ops.name ? s->ops.name : "?";
 
 			for (struct dirty_source *u = view->sources; u != s; u = u->next) {
-				if (u->started && u->ops->stop)
-					u->ops->stop(u);
+				if (u->started && u->ops.stop)
+					u->ops.stop(u);
 				u->started = false;
 			}
 			err = __dirty_err(err, "source '%s' failed to start (%d); no source is running",
@@ -163,7 +209,13 @@ DIRTY_API int dirty_view_start(struct dirty_view *view)
 		s->last_sync_time = __dirty_now();
 	}
 	pthread_mutex_unlock(&view->lock);
-	return err < 0 ? err : 0;
+	if (err < 0)
+		return err;
+	/* The lock is dropped between polls: syncs and marks go on meanwhile. */
+	for (t0 = __dirty_now(); not_ready(view) && __dirty_now() - t0 < READY_CAP_S;)
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	__dirty_err(0, "%s", "");
+	return 0;
 }
 
 DIRTY_API int dirty_view_stop(struct dirty_view *view)
@@ -172,12 +224,12 @@ DIRTY_API int dirty_view_stop(struct dirty_view *view)
 
 	pthread_mutex_lock(&view->lock);
 	for (struct dirty_source *s = view->sources; s; s = s->next) {
-		int err = s->started && s->ops->stop ? s->ops->stop(s) : 0;
+		int err = s->started && s->ops.stop ? s->ops.stop(s) : 0;
 
 		s->started = false;
 		if (err < 0 && !first)
 			first = __dirty_err(err, "source '%s' failed to stop (%d)",
-					    s->ops->name ? s->ops->name : "?", err);
+					    s->ops.name ? s->ops.name : "?", err);
 	}
 	pthread_mutex_unlock(&view->lock);
 	return first;
@@ -192,7 +244,7 @@ static int sync_round(struct dirty_view *view, bool final)
 	pthread_mutex_lock(&view->lock);
 	for (struct dirty_source *s = view->sources; s; s = s->next) {
 		int (*fn)(struct dirty_source *) =
-			final && s->ops->final ? s->ops->final : s->ops->sync;
+			final && s->ops.final ? s->ops.final : s->ops.sync;
 		uint64_t before = atomic_load_explicit(&s->marked,
 						       memory_order_relaxed);
 		int err;
@@ -211,7 +263,7 @@ static int sync_round(struct dirty_view *view, bool final)
 			s->last_error = err;
 			if (!first)
 				first = __dirty_err(err, "source '%s' %s failed (%s); all its pages were marked dirty",
-						    s->ops->name ? s->ops->name : "?",
+						    s->ops.name ? s->ops.name : "?",
 						    final ? "final sync" : "sync", why);
 		}
 		now = __dirty_now();
@@ -247,6 +299,52 @@ DIRTY_API int dirty_view_sync(struct dirty_view *view)
 DIRTY_API int dirty_view_final(struct dirty_view *view)
 {
 	return sync_round(view, true);
+}
+
+DIRTY_API uint64_t dirty_view_held_bytes(struct dirty_view *view)
+{
+	uint64_t bytes = 0;
+
+	pthread_mutex_lock(&view->lock);
+	for (struct dirty_source *s = view->sources; s; s = s->next)
+		if (s->started && s->ops.held_bytes)
+			bytes += s->ops.held_bytes(s);
+	pthread_mutex_unlock(&view->lock);
+	return bytes;
+}
+
+int __dirty_prepare_read(struct dirty_view *view, struct dirty_run *runs,
+			 size_t *n, size_t max)
+{
+	struct dirty_source *s;
+
+	/* Acquire pairs with attach's release: the source is fully built. */
+	for (s = atomic_load_explicit(&view->hooks, memory_order_acquire); s && *n;
+	     s = atomic_load_explicit(&s->hook_next, memory_order_acquire)) {
+		int err;
+
+		__dirty_err(0, "%s", "");	/* so the source's own message shows */
+		err = s->ops.prepare_read(s, runs, n, max);
+		if (err > 0 || *n > max)
+			err = -EPROTO;	/* the contract is broken: trust nothing */
+		if (err < 0) {
+			char why[200];
+
+			snprintf(why, sizeof(why), "%s", *dirty_last_error() ?
+				 dirty_last_error() : strerror(-err));
+			if (*n > max)
+				*n = max;
+			/* The error rule, and the batch back: nothing is lost. */
+			mark_source_all(s);
+			for (size_t j = 0; j < *n; j++)
+				__dirty_mark_locked(view, atomic_load_explicit(&view->table,
+						    memory_order_acquire), runs[j].gpa, runs[j].len);
+			*n = 0;
+			return __dirty_err(err, "source '%s' could not prepare claimed pages for reading (%s); they and all its pages were marked dirty",
+					   s->ops.name ? s->ops.name : "?", why);
+		}
+	}
+	return 0;
 }
 
 DIRTY_API int dirty_source_stats(struct dirty_source *src,

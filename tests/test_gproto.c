@@ -50,8 +50,9 @@ static void rig_up(struct rig *r, unsigned int pinned, unsigned int fallback,
 	r->shared = (struct dirty_proto_header *)r->map;
 	ck_assert_int_eq(dirty_guest_open_fd(dirty_gp_fd(r->gp), &r->g), 0);
 	if (start) {
+		/* Start returns once the guest acknowledged: its agent polls. */
+		ck_assert_int_eq(dirty_guest_agent_start(r->g, 1), 0);
 		ck_assert_int_eq(dirty_view_start(r->v), 0);
-		ck_assert_int_eq(dirty_guest_poll(r->g), 1);
 		ck_assert_int_eq(dirty_gp_acked(r->gp), 1);
 	}
 }
@@ -105,7 +106,8 @@ START_TEST(directions)
 	struct rig r;
 	static const uint64_t want[] = { 1, 2, 64, 4095, 4096, NPAGES - 1 };
 
-	rig_up(&r, DIRTY_GP_PINNED_DEFER, DIRTY_GP_FALLBACK_ALL_DIRTY, true);
+	/* SEND: the still-mapped page 64 comes out too (DEFER keeps it back). */
+	rig_up(&r, DIRTY_GP_PINNED_SEND, DIRTY_GP_FALLBACK_ALL_DIRTY, true);
 	/* FROM_DEVICE unmap dirties; BIDIRECTIONAL sync_for_cpu dirties. */
 	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(1), 2 * PS, DIRTY_FROM_DEVICE), 0);
 	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(1), 2 * PS, DIRTY_FROM_DEVICE), 0);
@@ -124,11 +126,13 @@ START_TEST(directions)
 	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(NPAGES - 1), PS, DIRTY_FROM_DEVICE), 0);
 	/* Not in the view until the host harvests. */
 	expect_pages(r.v, NULL, 0);
+	/* 64's dirty bit, not just its pin: the sync for the CPU set it. */
+	ck_assert(((uint64_t *)(r.map + r.shared->dirty_off))[1] & 1);
 	ck_assert_int_eq(dirty_view_sync(r.v), 0);
 	expect_pages(r.v, want, sizeof(want) / sizeof(want[0]));
-	/* Harvest consumed the bits: nothing twice. */
+	/* Harvest consumed the bits: only the still-pinned 64 again (SEND). */
 	ck_assert_int_eq(dirty_view_sync(r.v), 0);
-	expect_pages(r.v, NULL, 0);
+	expect_pages(r.v, want + 2, 1);
 
 	/* Bad ranges and directions are refused and counted. */
 	ck_assert_int_eq(dirty_guest_map(r.g, BASE - PS, PS, DIRTY_FROM_DEVICE), -ERANGE);
@@ -256,9 +260,10 @@ START_TEST(pinned_policies_and_carry_over)
 	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(50), PS, DIRTY_TO_DEVICE), 0);
 	ck_assert_int_eq(dirty_view_sync(r.v), 0);
 	expect_pages(r.v, NULL, 0);
-	/* The migration claimed 40 and 50 (CPU-dirtied) but skipped them: pinned. */
-	ck_assert_int_eq(dirty_gp_defer(r.gp, gpa_of(40), PS), 0);
-	ck_assert_int_eq(dirty_gp_defer(r.gp, gpa_of(50), PS), 0);
+	/* 40 and 50 were CPU-dirtied: a claim keeps them back, pinned. */
+	ck_assert_int_eq(dirty_view_mark(r.v, gpa_of(40), PS), 0);
+	ck_assert_int_eq(dirty_view_mark(r.v, gpa_of(50), PS), 0);
+	expect_pages(r.v, NULL, 0);
 	ck_assert_int_eq(dirty_view_sync(r.v), 0);
 	expect_pages(r.v, NULL, 0);	/* still pinned: still carried */
 	/* TO_DEVICE unmap sets no dirty bit: only the carry-over sends 40. */
@@ -268,7 +273,59 @@ START_TEST(pinned_policies_and_carry_over)
 	/* Final (device stopped): pinned and carried pages, all of them. */
 	ck_assert_int_eq(dirty_view_final(r.v), 0);
 	expect_pages(r.v, final, 3);
-	ck_assert_int_eq(dirty_gp_defer(r.gp, BASE - PS, PS), -ERANGE);
+	rig_down(&r);
+}
+END_TEST
+
+/*
+ * DEFER: the claim itself keeps pinned pages back, whoever marked them,
+ * splitting runs around them; the source carries them until they are
+ * unpinned (then they come out) or until final. Nothing for the caller to
+ * skip or report.
+ */
+START_TEST(defer_claims_keep_pinned_back)
+{
+	struct rig r;
+	struct dirty_gp_health h;
+	struct dirty_claim *cl;
+	struct dirty_run run;
+	uint64_t want[100], n = 0;
+	static const uint64_t unmapped[] = { 20 };
+	static const uint64_t final[] = { 30, 31 };
+
+	rig_up(&r, DIRTY_GP_PINNED_DEFER, DIRTY_GP_FALLBACK_ALL_DIRTY, true);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(20), PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_guest_map(r.g, gpa_of(30), 2 * PS, DIRTY_BIDIRECTIONAL), 0);
+	/* The CPU log reports pages 0..99: one run, split around the pins. */
+	ck_assert_int_eq(dirty_view_mark(r.v, gpa_of(0), 100 * PS), 0);
+	for (uint64_t p = 0; p < 100; p++)
+		if (p != 20 && p != 30 && p != 31)
+			want[n++] = p;
+	expect_pages(r.v, want, n);
+	ck_assert_int_eq(dirty_gp_health(r.gp, &h), 0);
+	ck_assert_uint_eq(h.pages_kept_back, 3);
+	ck_assert_uint_eq(h.pages_carried, 3);
+
+	/* No room to split (one run): everything goes out, pins included. */
+	ck_assert_int_eq(dirty_view_mark(r.v, gpa_of(0), 100 * PS), 0);
+	ck_assert_int_eq(dirty_claim_new(r.v, &cl), 0);
+	ck_assert_int_eq(dirty_claim_next(cl, &run, 1), 1);
+	ck_assert_uint_eq(run.gpa, gpa_of(0));
+	ck_assert_uint_eq(run.len, 100 * PS);
+	ck_assert_int_eq(dirty_claim_next(cl, &run, 1), 0);
+	dirty_claim_free(cl);
+	ck_assert_int_eq(dirty_gp_health(r.gp, &h), 0);
+	ck_assert_uint_eq(h.pages_kept_back, 3);
+
+	/* Unpinned: the carry-over hands it out (its dirty bit too). */
+	ck_assert_int_eq(dirty_guest_unmap(r.g, gpa_of(20), PS, DIRTY_FROM_DEVICE), 0);
+	ck_assert_int_eq(dirty_view_sync(r.v), 0);
+	expect_pages(r.v, unmapped, 1);
+	/* Final: what is still pinned, carried or not; never kept back again. */
+	ck_assert_int_eq(dirty_view_final(r.v), 0);
+	expect_pages(r.v, final, 2);
+	ck_assert_int_eq(dirty_gp_health(r.gp, &h), 0);
+	ck_assert_uint_eq(h.pages_carried, 0);
 	rig_down(&r);
 }
 END_TEST
@@ -426,6 +483,7 @@ int main(void)
 	tcase_add_test(tc, tracking_handshake);
 	tcase_add_test(tc, agent_thread_acks);
 	tcase_add_test(tc, pinned_policies_and_carry_over);
+	tcase_add_test(tc, defer_claims_keep_pinned_back);
 	tcase_add_test(tc, final_scans_without_summary);
 	tcase_add_test(tc, corrupt_header_fallbacks);
 	tcase_add_test(tc, heartbeat_timeout);

@@ -9,9 +9,9 @@
  *   host    view + region + protocol region (memfd) over the same range;
  *           start tracking, wait for the guests' acknowledgement, one full
  *           pass, then pre-copy rounds (sync, claim, copy; with the DEFER
- *           policy a claimed page the guest holds pinned is handed to
- *           dirty_gp_defer() instead of being copied); then the guests
- *           stop (device and vCPUs), final, drain, compare.
+ *           policy the claim itself keeps back the pages the guest holds
+ *           pinned, and the source carries them); then the guests stop
+ *           (device and vCPUs), final, drain, compare.
  *   guests  forked processes (each its own handle and its own pages) or
  *           threads sharing ONE handle; each keeps a ring of in-flight
  *           buffers: map FROM_DEVICE / BIDIRECTIONAL / TO_DEVICE, the
@@ -30,8 +30,9 @@
  *           dirty_gp_pinned() read of 0 is a pin cleared while mapped.
  *
  * Negative controls run the same workload with the feature removed (no
- * protocol source; sync instead of final; pinned pages dropped instead of
- * deferred) and must see mismatches, so the positive cases are not
+ * protocol source; sync instead of final; pinned pages skipped without
+ * the carry-over: the SEND policy's claims with the test dropping every
+ * pinned page, as a library without carry-over would) and must see mismatches, so the positive cases are not
  * vacuous; checker_catches_early_unpin shows the checker reports a pin
  * bit cleared behind a held mapping. Under ThreadSanitizer only the thread variants run (fork is
  * unreliable there); guest RAM is mapped twice (device writes through one
@@ -112,7 +113,7 @@ enum host_mode {
 	HOST_PROTO,		/* the feature: harvest, defer, final */
 	HOST_NO_PROTO,		/* negative: the protocol never reaches the view */
 	HOST_SYNC_NOT_FINAL,	/* negative: the last round is a sync (no pinned set) */
-	HOST_DROP_PINNED,	/* negative: DEFER, but skipped pages are not carried */
+	HOST_DROP_PINNED,	/* negative: pinned pages skipped, not carried */
 };
 
 static const char *const host_mode_name[] = {
@@ -393,6 +394,10 @@ static void guest_body(struct guest *gu)
 				atomic_store(&r->ctl->abort, 1);
 				break;
 			}
+			/* An agent keeps polling while its guest waits: the host may be
+			 * waiting for an acknowledgement before its first round. */
+			if (r->p.procs)
+				dirty_guest_poll(gu->g);
 			sleep_us(20);
 		}
 		if (e->active)
@@ -567,7 +572,8 @@ static struct run *run_setup(const struct params *p)
 	ck_assert_int_eq(dirty_view_add_region(r->v, BASE, r->size, PS, 0), 0);
 	cfg.gpa = BASE;
 	cfg.len = r->size;
-	cfg.pinned = p->policy;
+	/* The drop control skips pinned pages itself: claims must hand them out. */
+	cfg.pinned = p->host == HOST_DROP_PINNED ? DIRTY_GP_PINNED_SEND : p->policy;
 	/* An unhealthy guest must fail the run, never pass it by resending all. */
 	cfg.fallback = DIRTY_GP_FALLBACK_ABORT;
 	cfg.ack_timeout_ms = 60000;
@@ -626,9 +632,9 @@ static int start_tracking(struct run *r)
 }
 
 /*
- * Drain the view: copy each claimed page (this is sending). Before final,
- * under DEFER, a page the guest holds pinned is carried instead (or, in
- * the drop-pinned control, forgotten).
+ * Drain the view: copy each claimed page (this is sending). Under DEFER
+ * the claim never hands out a page the guest holds pinned; the drop-pinned
+ * control forgets such pages before final instead.
  */
 static uint64_t drain(struct run *r, bool final)
 {
@@ -636,8 +642,7 @@ static uint64_t drain(struct run *r, bool final)
 	struct dirty_run runs[64];
 	uint64_t n = 0;
 	ssize_t k;
-	bool defer = !final && r->p.policy == DIRTY_GP_PINNED_DEFER &&
-		     r->p.host != HOST_NO_PROTO;
+	bool drop = !final && r->p.host == HOST_DROP_PINNED;
 
 	ck_assert_int_eq(dirty_claim_new(r->v, &cl), 0);
 	while ((k = dirty_claim_next(cl, runs, 64)) > 0) {
@@ -646,13 +651,8 @@ static uint64_t drain(struct run *r, bool final)
 				uint64_t off = a - BASE;
 
 				ck_assert_uint_lt(off, r->size);
-				if (defer && dirty_gp_pinned(r->gp, a) == 1) {
-					if (r->p.host == HOST_DROP_PINNED) {
-						r->dropped++;
-					} else {
-						ck_assert_int_eq(dirty_gp_defer(r->gp, a, PS), 0);
-						r->deferred++;
-					}
+				if (drop && dirty_gp_pinned(r->gp, a) == 1) {
+					r->dropped++;
 					continue;
 				}
 				memcpy(r->dst + off, r->ram_host + off, PS);
@@ -717,13 +717,25 @@ static struct run *run_case(const struct params *p)
 
 	r = run_setup(p);
 	if (p->procs) {
-		/* Tracking is on before the guests exist: every client sees it. */
-		ck_assert_int_eq(start_tracking(r), 0);
+		/*
+		 * Tracking is on before the guests exist, so every client sees
+		 * it (one process's acknowledgement covers only its own
+		 * threads); the view's start then waits for an acknowledgement.
+		 */
+		ck_assert_int_eq(dirty_gp_track(r->gp, 1), 0);
 		for (int k = 0; k < p->nguests; k++) {
 			r->pids[k] = fork_guest(r, k);
 			ck_assert_int_ge(r->pids[k], 0);
 			r->nforked++;
 		}
+		/* Start waits only for a guest that is there: let one open first. */
+		for (int i = 0; i < 30000; i++) {
+			ck_assert_int_eq(dirty_gp_health(r->gp, &h), 0);
+			if (h.guest_state == DIRTY_PROTO_GUEST_RUNNING)
+				break;
+			sleep_us(100);
+		}
+		ck_assert_int_eq(start_tracking(r), 0);
 	} else {
 		ck_assert_int_eq(dirty_guest_open_fd(dirty_gp_fd(r->gp), &r->g), 0);
 		ck_assert_int_eq(dirty_guest_agent_start(r->g, 1), 0);
@@ -746,12 +758,12 @@ static struct run *run_case(const struct params *p)
 	}
 	checker_start(r);
 
-	/* No full pass before the guests acknowledged tracking. */
+	/* dirty_view_start() returned only once the guests acknowledged. */
 	r->t_ack = test_now_s();
-	while ((acked = dirty_gp_acked(r->gp)) == 0)
-		sleep_us(100);
+	acked = dirty_gp_acked(r->gp);
 	r->t_ack = test_now_s() - r->t_ack;
-	ck_assert_msg(acked == 1, "guests never acknowledged tracking: %s", dirty_last_error());
+	ck_assert_msg(acked == 1, "start returned before the guests acknowledged tracking: %d %s",
+		      acked, dirty_last_error());
 	memcpy(r->dst, r->ram_host, r->size);
 	r->first_pass = r->npages;
 
@@ -815,6 +827,7 @@ static struct run *run_case(const struct params *p)
 	r->t_total = test_now_s() - t0;
 
 	ck_assert_int_eq(dirty_gp_health(r->gp, &h), 0);
+	r->deferred = h.pages_kept_back;
 	{
 		uint64_t maps = 0, writes = 0, fwd = 0, tail = 0, left = 0, leftw = 0, syncs = 0;
 

@@ -42,7 +42,7 @@ struct opts {
 	bool json, quick, quiet, keep_going;
 	double drop_after_pages;	/* dest, test only */
 	/* Set explicitly? --quick only changes what was not given. */
-	bool set_mem, set_pool, set_ring, set_rate, set_pkt, set_time;
+	bool set_mem, set_pool, set_ring, set_rate, set_pkt, set_time, set_target;
 	double mem_mib, pool_mib, link_mbps;
 	struct dm_run_config run;
 };
@@ -70,11 +70,16 @@ static void usage(FILE *f)
 "              VFIO type1 reports without a vIOMMU: exact, never converges\n"
 "  all         the three, one migration each (demo's default; source: libdirty)\n\n"
 "Options (--opt VALUE or --opt=VALUE):\n"
-"  --tracking MODE    libdirty | cpu-only | all-mapped | all\n"
+"  --tracking MODES   libdirty | cpu-only | all-mapped | all, or a list:\n"
+"                     --tracking=libdirty,cpu-only\n"
 "  --vcpu kvm|threads kvm: one vCPU of a real KVM guest (tests/kvm payload)\n"
 "                     stamps pages, tracked by KVM's dirty log; threads:\n"
 "                     host threads tracked by userfaultfd (default kvm\n"
 "                     when /dev/kvm works)\n"
+"  --kvm-mode MODE    with --vcpu=kvm, KVM's dirty log mode: auto (ring if the\n"
+"                     kernel has it, else clear-log, else bitmap), bitmap,\n"
+"                     clear-log (QEMU's default without a ring) or ring; a\n"
+"                     mode the kernel lacks exits 77 naming the capability\n"
 "  --mem-mib N        guest RAM (default 256)\n"
 "  --vcpus N          vCPU writer threads (default 2)\n"
 "  --dirty-rate N     pages each vCPU writes per second (default 2000)\n"
@@ -89,7 +94,8 @@ static void usage(FILE *f)
 "  --max-time S       pre-copy time cap in seconds (default 6)\n"
 "  --seed N           workload seed (default 1); same seed, same workload\n"
 "  --quick            a tiny guest for tests: 32 MiB, pool 2 MiB, ring 64,\n"
-"                     1000 pages/s, 3000 packets/s, 1 s cap (unless given)\n"
+"                     1000 pages/s, 3000 packets/s, 1 s cap, 5 ms target\n"
+"                     (unless given)\n"
 "  --json             one JSON object per mode on stdout instead of the table\n"
 "  --plot FILE        draw FILE.svg or FILE.png with gnuplot (if installed):\n"
 "                     dirty pages per round and downtime per mode\n"
@@ -105,8 +111,9 @@ static void usage(FILE *f)
 "destination's ACK of the final round), limit ms (final bytes / link rate:\n"
 "the physical floor), rounds (pre-copy, first full pass included),\n"
 "converged (expected downtime under target, else a cap), pages / MiB sent,\n"
+"cpu log (what tracked the vCPU: kvm/<mode> or threads/uffd),\n"
 "final pages (sent while stopped), lost pages (final contents differ).\n"
-"JSON keys: mode ok error total_ms downtime_ms expected_downtime_ms rounds\n"
+"JSON keys: mode vcpu kvm_mode ok error total_ms downtime_ms expected_downtime_ms rounds\n"
 "converged pages_sent bytes_sent final_pages final_bytes lost_pages\n"
 "lost_nic_pages link_bytes_per_s limit_ms bandwidth guest_bytes dma_packets\n"
 "dma_drops vcpu_writes nic_errors still_dirty attempts downtime_target_ms\n"
@@ -158,16 +165,25 @@ static void defaults(struct opts *o)
 	o->run.mig.max_time_s = 6;
 }
 
+/* "all", one mode, or a comma-separated list of modes. */
 static int parse_tracking(struct opts *o, const char *v)
 {
+	char buf[128], *save = NULL;
+
+	o->nmodes = 0;
 	if (!strcmp(v, "all")) {
 		for (int i = 0; i < DM_NMODES; i++)
 			o->modes[i] = (enum dm_mode)i;
 		o->nmodes = DM_NMODES;
 		return 0;
 	}
-	o->nmodes = 1;
-	return dm_mode_parse(v, &o->modes[0]);
+	snprintf(buf, sizeof(buf), "%s", v);
+	for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		if (o->nmodes == DM_NMODES || dm_mode_parse(t, &o->modes[o->nmodes]))
+			return -EINVAL;
+		o->nmodes++;
+	}
+	return o->nmodes ? 0 : -EINVAL;
 }
 
 /* One option at argv[*i]; "--opt=value" or "--opt value". */
@@ -187,7 +203,7 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 	if (!strcmp(name, "--keep-going")) { o->keep_going = true; return 0; }
 	/* Unknown before reading a value: `--bogus x` must not eat x silently. */
 	snprintf(padded, sizeof(padded), " %s ", name);
-	if (!strstr(" --listen --to --plot --tracking --vcpu --mem-mib --pool-mib --vcpus --dirty-rate"
+	if (!strstr(" --listen --to --plot --tracking --vcpu --kvm-mode --mem-mib --pool-mib --vcpus --dirty-rate"
 		    " --pkt-rate --pkt-size --ring --link-mbps --downtime-ms --max-rounds --max-time --seed"
 		    " --retry --drop-after-pages ",
 		    padded))
@@ -199,11 +215,22 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 	if (!strcmp(name, "--to")) { o->to = v; return 0; }
 	if (!strcmp(name, "--plot")) { o->plot = v; return 0; }
 	if (!strcmp(name, "--tracking"))
-		return parse_tracking(o, v) ? bad_arg(v, "--tracking is libdirty, cpu-only, all-mapped or all") : 0;
+		return parse_tracking(o, v) ? bad_arg(v, "--tracking is libdirty, cpu-only, all-mapped, a comma-separated list of them, or all") : 0;
 	if (!strcmp(name, "--vcpu")) {
 		if (!strcmp(v, "threads")) { o->run.wl.vcpu_kind = WL_VCPU_THREADS; return 0; }
 		if (!strcmp(v, "kvm")) { o->run.wl.vcpu_kind = WL_VCPU_KVM; return 0; }
 		return bad_arg(v, "--vcpu is kvm or threads");
+	}
+	if (!strcmp(name, "--kvm-mode")) {
+		static const enum dirty_kvm_mode m[] = { DIRTY_KVM_AUTO, DIRTY_KVM_BITMAP,
+							 DIRTY_KVM_CLEAR_LOG, DIRTY_KVM_RING };
+
+		for (size_t k = 0; k < sizeof(m) / sizeof(m[0]); k++)
+			if (!strcmp(v, dirty_kvm_mode_name(m[k]))) {
+				o->run.wl.kvm_mode = m[k];
+				return 0;
+			}
+		return bad_arg(v, "--kvm-mode is auto, bitmap, clear-log or ring");
 	}
 #define NUMOPT(opt, lo, hi, dst, flag) \
 	if (!strcmp(name, opt)) { \
@@ -219,7 +246,7 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 	NUMOPT("--pkt-size", 64, 4096, o->run.wl.pkt_size = (unsigned int)x, (void)0)
 	NUMOPT("--ring", 1, 1 << 16, o->run.wl.ring = (unsigned int)x, o->set_ring = true)
 	NUMOPT("--link-mbps", 0, 1e6, o->link_mbps = x, (void)0)
-	NUMOPT("--downtime-ms", 0, 1e6, o->run.mig.downtime_target_ms = x, (void)0)
+	NUMOPT("--downtime-ms", 0, 1e6, o->run.mig.downtime_target_ms = x, o->set_target = true)
 	NUMOPT("--max-rounds", 1, 100000, o->run.mig.max_rounds = (unsigned int)x, (void)0)
 	NUMOPT("--max-time", 0, 1e6, o->run.mig.max_time_s = x, o->set_time = true)
 	NUMOPT("--seed", 0, 1e18, o->run.wl.seed = (uint64_t)x, (void)0)
@@ -244,6 +271,9 @@ static void finish(struct opts *o)
 			o->run.wl.pkt_rate = 3000;
 		if (!o->set_time)
 			o->run.mig.max_time_s = 1;
+		/* Low enough that pre-copy goes on past the first pass. */
+		if (!o->set_target)
+			o->run.mig.downtime_target_ms = 5;
 	}
 	o->run.wl.mem_bytes = (uint64_t)(o->mem_mib * (1 << 20)) / WL_PAGE * WL_PAGE;
 	o->run.wl.pool_bytes = (uint64_t)(o->pool_mib * (1 << 20)) / WL_PAGE * WL_PAGE;
@@ -277,6 +307,14 @@ static int probe(struct opts *o, bool uffd)
 		if (k && wl->vcpu_kind == WL_VCPU_AUTO)
 			fprintf(stderr, "dirtymig: (%s)\n", why);
 		wl->vcpu_kind = k ? WL_VCPU_THREADS : WL_VCPU_KVM;
+		if (wl->vcpu_kind == WL_VCPU_THREADS && wl->kvm_mode != DIRTY_KVM_AUTO) {
+			fprintf(stderr, "dirtymig: --kvm-mode needs --vcpu=kvm (the vCPUs are host threads here)\n");
+			return EXIT_USAGE;
+		}
+		if (wl->vcpu_kind == WL_VCPU_KVM && wl_kvm_mode_supported(wl->kvm_mode, why, sizeof(why))) {
+			fprintf(stderr, "dirtymig: %s\n", why);
+			return EXIT_SKIP;
+		}
 	}
 	if (uffd && o->run.wl.vcpu_kind == WL_VCPU_THREADS && dirty_uffd_probe() != 0) {
 		fprintf(stderr, "dirtymig: %s\n", dirty_last_error());

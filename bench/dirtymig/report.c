@@ -22,8 +22,9 @@ void dm_report_setup(FILE *f, const struct dm_run_config *c)
 	if (c->link_bytes_per_s > 0)
 		snprintf(link, sizeof(link), "%.0f Mbit/s", c->link_bytes_per_s * 8 / 1e6);
 	if (c->wl.vcpu_kind == WL_VCPU_KVM)
-		fprintf(f, "guest %" PRIu64 " MiB; 1 KVM vCPU x %.0f pages/s (KVM dirty log); NIC %.0f packets/s x %u B\n",
-			c->wl.mem_bytes >> 20, c->wl.dirty_rate * c->wl.vcpus, c->wl.pkt_rate, c->wl.pkt_size);
+		fprintf(f, "guest %" PRIu64 " MiB; 1 KVM vCPU x %.0f pages/s (KVM dirty log, mode %s); NIC %.0f packets/s x %u B\n",
+			c->wl.mem_bytes >> 20, c->wl.dirty_rate * c->wl.vcpus,
+			dirty_kvm_mode_name((enum dirty_kvm_mode)c->wl.kvm_mode), c->wl.pkt_rate, c->wl.pkt_size);
 	else
 		fprintf(f, "guest %" PRIu64 " MiB; %u vCPU threads x %.0f pages/s (uffd-tracked); NIC %.0f packets/s x %u B\n",
 			c->wl.mem_bytes >> 20, c->wl.vcpus, c->wl.dirty_rate, c->wl.pkt_rate, c->wl.pkt_size);
@@ -35,18 +36,21 @@ void dm_report_setup(FILE *f, const struct dm_run_config *c)
 
 void dm_report_table(FILE *f, const struct dm_run_result *r, int n)
 {
-	fprintf(f, "%-10s %9s %11s %9s %6s %9s %10s %9s %11s %10s\n", "mode", "total ms",
-		"downtime ms", "limit ms", "rounds", "converged", "pages sent", "MiB sent",
-		"final pages", "lost pages");
+	fprintf(f, "%-10s %-13s %9s %11s %9s %6s %9s %10s %9s %11s %10s\n", "mode", "cpu log",
+		"total ms", "downtime ms", "limit ms", "rounds", "converged", "pages sent",
+		"MiB sent", "final pages", "lost pages");
 	for (int i = 0; i < n; i++) {
 		const struct dm_run_result *x = &r[i];
+		char log[32];
 
 		if (x->err) {
 			fprintf(f, "%-10s failed: %s\n", dm_mode_name(x->mode), x->error);
 			continue;
 		}
-		fprintf(f, "%-10s %9.1f %11.1f %9.1f %6u %9s %10" PRIu64 " %9.1f %11" PRIu64 " %10" PRIu64 "\n",
-			dm_mode_name(x->mode), x->mig.total_ms, x->mig.downtime_ms, x->limit_ms,
+		snprintf(log, sizeof(log), "%s/%s", x->vcpu,
+			 strcmp(x->vcpu, "kvm") ? "uffd" : x->kvm_mode);
+		fprintf(f, "%-10s %-13s %9.1f %11.1f %9.1f %6u %9s %10" PRIu64 " %9.1f %11" PRIu64 " %10" PRIu64 "\n",
+			dm_mode_name(x->mode), log, x->mig.total_ms, x->mig.downtime_ms, x->limit_ms,
 			x->mig.rounds, x->mig.converged ? "yes" : "no (cap)", x->mig.pages_sent,
 			(double)x->mig.bytes_sent / (1 << 20), x->mig.final_pages, x->lost_pages);
 	}
@@ -135,8 +139,8 @@ void dm_report_json(FILE *f, const struct dm_run_result *r, int n,
 	for (int i = 0; i < n; i++) {
 		const struct dm_run_result *x = &r[i];
 
-		fprintf(f, "{\"mode\":\"%s\",\"ok\":%s,\"error\":", dm_mode_name(x->mode),
-			x->err ? "false" : "true");
+		fprintf(f, "{\"mode\":\"%s\",\"vcpu\":\"%s\",\"kvm_mode\":\"%s\",\"ok\":%s,\"error\":",
+			dm_mode_name(x->mode), x->vcpu, x->kvm_mode, x->err ? "false" : "true");
 		if (x->err)
 			json_str(f, x->error);
 		else

@@ -23,7 +23,6 @@ struct run {
 	struct workload w;
 	struct tracking t;
 	struct dm_tx tx;
-	bool acked;		/* the guest acknowledged tracking */
 	double t0;
 	char why[300];		/* a callback's own failure, if any */
 };
@@ -36,33 +35,11 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/*
- * DESIGN section 3: no first pass before the guest acknowledged the
- * tracking generation, or an unmap that still saw tracking off could
- * skip its dirty bit after the pass read the page.
- */
-static int wait_guest_ack(struct run *r)
-{
-	struct timespec ms = { 0, 1000000 };
-	int a;
-
-	while ((a = dirty_gp_acked(r->t.gp)) == 0)
-		nanosleep(&ms, NULL);
-	if (a < 0) {
-		snprintf(r->why, sizeof(r->why), "%s", dirty_last_error());
-		return a;
-	}
-	r->acked = true;
-	return 0;
-}
-
 static int op_send(void *opaque, uint64_t gpa, uint64_t len)
 {
 	struct run *r = opaque;
 	int err;
 
-	if (r->t.gp_in_view && !r->acked && (err = wait_guest_ack(r)))
-		return err;
 	for (uint64_t off = 0; off < len; off += DM_PAGE) {
 		void *slot;
 
@@ -170,6 +147,8 @@ static void collect(struct run *r)
 	res->nic_errors = atomic_load(&n->bad);
 	snprintf(res->nic_err, sizeof(res->nic_err), "%s", n->err);
 	res->vcpu_writes = atomic_load(&r->w.vcpu_writes);
+	snprintf(res->vcpu, sizeof(res->vcpu), "%s", r->w.kvm ? "kvm" : "threads");
+	snprintf(res->kvm_mode, sizeof(res->kvm_mode), "%s", wl_kvm_mode(&r->w));
 	res->gp_used = r->t.gp_in_view;
 	if (r->t.gp) {
 		struct dirty_gp_health h;

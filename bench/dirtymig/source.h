@@ -52,6 +52,8 @@ struct dm_run_result {
 	unsigned int attempts;	/* connections tried, the successful one included */
 	uint64_t dma_packets, dma_drops, nic_errors, vcpu_writes;
 	char nic_err[200];
+	char vcpu[16];		/* "kvm" or "threads" */
+	char kvm_mode[16];	/* the KVM dirty-log mode used, or "none" */
 	bool gp_used;
 	int gp_healthy;
 	char gp_reason[160];

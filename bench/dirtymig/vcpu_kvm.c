@@ -68,6 +68,53 @@ int wl_kvm_usable(char *why, size_t len)
 	return 0;
 }
 
+/* The ring this harness enables, or 0: a ring smaller than RING_BYTES loses entries here. */
+static uint32_t ring_bytes_for(const struct dirty_kvm_caps *caps)
+{
+	int max = caps->ring_acq_rel > caps->ring ? caps->ring_acq_rel : caps->ring;
+
+	return max >= (int)RING_BYTES ? RING_BYTES : 0;
+}
+
+/* AUTO: ring, else clear-log, else bitmap (DIRTY_KVM_AUTO's order, no small ring). */
+static enum dirty_kvm_mode pick_mode(const struct dirty_kvm_caps *caps)
+{
+	if (ring_bytes_for(caps))
+		return DIRTY_KVM_RING;
+	return caps->manual_protect2 & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE ?
+		DIRTY_KVM_CLEAR_LOG : DIRTY_KVM_BITMAP;
+}
+
+static int mode_check(const struct dirty_kvm_caps *caps, enum dirty_kvm_mode m,
+		      char *why, size_t len)
+{
+	if (m == DIRTY_KVM_CLEAR_LOG && !(caps->manual_protect2 & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)) {
+		snprintf(why, len, "--kvm-mode clear-log: this kernel lacks KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2");
+		return -EOPNOTSUPP;
+	}
+	if (m == DIRTY_KVM_RING && !ring_bytes_for(caps)) {
+		snprintf(why, len, "--kvm-mode ring: this kernel lacks KVM_CAP_DIRTY_LOG_RING(_ACQ_REL) "
+			 "with a ring of %u bytes", RING_BYTES);
+		return -EOPNOTSUPP;
+	}
+	return 0;
+}
+
+int wl_kvm_mode_supported(int mode, char *why, size_t len)
+{
+	struct dirty_kvm_caps caps;
+	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC), e;
+
+	if (fd < 0) {
+		snprintf(why, len, "/dev/kvm: %s", strerror(errno));
+		return -errno;
+	}
+	dirty_kvm_probe(fd, &caps);
+	close(fd);
+	e = mode_check(&caps, (enum dirty_kvm_mode)mode, why, len);
+	return e;
+}
+
 const char *wl_kvm_mode(const struct workload *w)
 {
 	return w->kvm ? dirty_kvm_mode_name(w->kvm->mode) : "none";
@@ -96,17 +143,11 @@ int wl_kvm_create(struct workload *w, char *err, size_t errlen)
 		goto fail_vmm;
 	}
 	dirty_kvm_probe(k->vm->vm_fd, &caps);
-	k->mode = dirty_kvm_pick_mode(&caps);
-	if (k->mode == DIRTY_KVM_RING) {
-		int max = caps.ring_acq_rel > caps.ring ? caps.ring_acq_rel : caps.ring;
-
-		k->ring_bytes = max < (int)RING_BYTES ? (uint32_t)max : RING_BYTES;
-		if (k->ring_bytes < RING_BYTES) {	/* never a small ring */
-			k->mode = caps.manual_protect2 & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE ?
-				  DIRTY_KVM_CLEAR_LOG : DIRTY_KVM_BITMAP;
-			k->ring_bytes = 0;
-		}
-	}
+	k->mode = w->cfg.kvm_mode == DIRTY_KVM_AUTO ? pick_mode(&caps) :
+		(enum dirty_kvm_mode)w->cfg.kvm_mode;
+	if ((e = mode_check(&caps, k->mode, err, errlen)))
+		return e;
+	k->ring_bytes = k->mode == DIRTY_KVM_RING ? RING_BYTES : 0;
 	if ((e = dirty_kvm_enable(k->vm->vm_fd, k->mode, k->ring_bytes))) {
 		snprintf(err, errlen, "KVM guest: enabling %s dirty logging: %s",
 			 dirty_kvm_mode_name(k->mode), dirty_last_error());

@@ -38,6 +38,7 @@ struct wl_config {
 	uint64_t pool_bytes;	/* RX buffer pool the driver cycles through */
 	uint64_t seed;
 	int vcpu_kind;		/* WL_VCPU_*: AUTO is resolved before wl_create */
+	int kvm_mode;		/* enum dirty_kvm_mode; AUTO: ring, else clear-log, else bitmap */
 };
 #define WL_VCPU_AUTO 0
 #define WL_VCPU_THREADS 1
@@ -123,6 +124,11 @@ struct dirty_view;
 struct dirty_kvm;
 /* 0 if /dev/kvm opens and KVM_CREATE_VM works, else -errno and why. */
 int wl_kvm_usable(char *why, size_t len);
+/*
+ * 0 if this kernel can track in `mode` (enum dirty_kvm_mode) as the
+ * harness uses it, else -EOPNOTSUPP naming the missing capability.
+ */
+int wl_kvm_mode_supported(int mode, char *why, size_t len);
 int wl_kvm_create(struct workload *w, char *err, size_t errlen);
 void wl_kvm_destroy(struct workload *w);
 /* The KVM adapter as the view's CPU-side source (and its reaper in ring mode). */

@@ -8,8 +8,9 @@
  * input is a config byte and then a sequence of operations: raw writes,
  * word stores and fills anywhere in the region (header, host and guest
  * words, dirty, summary, pin bitmaps), correct guest marks and pins, and
- * the host calls (sync, final, health, acked, pinned, defer, track,
- * claim/drain) interleaved with them, so every host read may follow a
+ * the host calls (sync, final, health, acked, pinned, track, claim/drain)
+ * and CPU-side marks of the view (which DEFER claims keep back while
+ * pinned) interleaved with them, so every host read may follow a
  * torn or hostile write. Any violated invariant abort()s; ASan+UBSan catch
  * the host reading outside its own geometry.
  *
@@ -18,10 +19,11 @@
  *    nothing is ever marked outside it (pages_outside stays 0);
  *  - health is exactly what the header says: unhealthy (sticky) once a
  *    host-checked field differed at a health check, healthy otherwise;
- *  - dirty_gp_pinned/defer/acked agree with the region and the range;
+ *  - dirty_gp_pinned/acked agree with the region and the range;
  *  - no lost page: a page the guest marked correctly (and did not erase
- *    itself), or that the host deferred, is handed out by a drain before
- *    the end of the next final;
+ *    itself), or that was marked in the view (and perhaps kept back by a
+ *    claim because it was pinned), is handed out by a drain before the end
+ *    of the next final;
  *  - at final: pins set then are handed out by the drain that follows; if
  *    the final failed or the guest is unhealthy under ALL_DIRTY, every
  *    page is; the final fails with -EHOSTDOWN iff unhealthy under ABORT.
@@ -58,7 +60,7 @@
 static const uint64_t geom[] = { 3 * 4096 + 77, 1, 64, 65, 4097, 64 * 4096 + 3 };
 
 enum { OP_WRITE, OP_FILL, OP_STORE64, OP_GMARK, OP_GPIN, OP_GACK, OP_SYNC,
-       OP_HEALTH, OP_ACKED, OP_PINNED, OP_DEFER, OP_TRACK, OP_FINAL,
+       OP_HEALTH, OP_ACKED, OP_PINNED, OP_VMARK, OP_TRACK, OP_FINAL,
        OP_CLAIM, OP_DRAIN, OP_COUNT };
 
 struct fz {
@@ -355,20 +357,11 @@ static void step(struct fz *f)
 			CHECK(r == (int)(f->pin[b / 64] >> (b % 64) & 1));
 		}
 		break;
-	case OP_DEFER:
-		a = arg_gpa(f);
-		len = arg_len(f);
-		r = dirty_gp_defer(f->gp, a, len);
-		if (!len) {
-			CHECK(r == 0);
-		} else if (__builtin_add_overflow(a, len, &b) || a < BASE || b > BASE + f->range) {
-			CHECK(r == -ERANGE);
-		} else {
-			uint64_t s = (a - BASE) >> f->gshift;
-
-			CHECK(r == 0);
-			owe(f, f->owed_view, s, ((b - BASE + (1ull << f->gshift) - 1) >> f->gshift) - s);
-		}
+	case OP_VMARK:	/* a CPU-side mark: DEFER claims keep it back while pinned */
+		a = take(f, 4) % f->range;
+		len = take(f, 4) % (f->range - a) + 1;
+		CHECK(dirty_view_mark(f->v, BASE + a, len) == 0);
+		bits_set(f->owed_view, a / VPS, (a + len + VPS - 1) / VPS - a / VPS);
 		break;
 	case OP_TRACK:
 		a = take(f, 1) & 1;

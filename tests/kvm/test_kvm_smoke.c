@@ -24,6 +24,9 @@
  * logs show what this KVM offers. KVM_SMOKE_SEED=n replays a run.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -227,6 +230,21 @@ static void proto_cmd(struct rig *r, uint32_t cmd, const struct payload_range *r
 	OK(kvm_vm_cmd(r->vcpu, &c, TIMEOUT_MS, NULL));
 }
 
+struct starter {
+	struct dirty_view *view;
+	_Atomic bool done;
+	int rc;
+};
+
+static void *starter_main(void *arg)
+{
+	struct starter *st = arg;
+
+	st->rc = dirty_view_start(st->view);
+	atomic_store(&st->done, true);
+	return NULL;
+}
+
 static int view_has(const uint64_t *got, size_t n, uint64_t gpa)
 {
 	for (size_t i = 0; i < n; i++)
@@ -253,6 +271,8 @@ START_TEST(proto_end_to_end)
 	struct dirty_run runs[64];
 	struct dirty_gp *gp;
 	struct kvm_vm_slot s = { .slot = 1, .gpa = REGION_GPA };
+	struct starter st;
+	pthread_t t;
 	uint64_t got[64], a;
 	size_t ngot = 0, i;
 	ssize_t k;
@@ -262,6 +282,7 @@ START_TEST(proto_end_to_end)
 	ck_assert_int_eq(dirty_view_new(&view), 0);
 	ck_assert_int_eq(dirty_view_add_region(view, 0, RAM_SIZE, 4096, 0), 0);
 	ck_assert_msg(dirty_gp_create(view, &cfg, &gp) == 0, "%s", dirty_last_error());
+	st = (struct starter){ .view = view };
 	/* The region's fd, mapped into guest-physical memory (an ivshmem BAR, in effect). */
 	s.size = (dirty_gp_size(gp) + 4095) & ~4095ull;
 	s.hva = mmap(NULL, s.size, PROT_READ | PROT_WRITE, MAP_SHARED, dirty_gp_fd(gp), 0);
@@ -272,10 +293,19 @@ START_TEST(proto_end_to_end)
 
 	proto_cmd(&r, PAYLOAD_CMD_PROTO_OPEN, NULL, 0, 0);
 	ck_assert_uint_eq(hdr->guest.state, DIRTY_PROTO_GUEST_RUNNING);
-	/* Tracking handshake: not acknowledged until the guest polls. */
-	ck_assert_int_eq(dirty_view_start(view), 0);
+	/*
+	 * Tracking handshake: start raises the generation and does not
+	 * return before the guest polled and acknowledged it.
+	 */
+	ck_assert_int_eq(pthread_create(&t, NULL, starter_main, &st), 0);
+	while (__atomic_load_n(&hdr->host.track_gen, __ATOMIC_ACQUIRE) == 0)
+		usleep(100);
+	usleep(20 * 1000);
 	ck_assert_int_eq(dirty_gp_acked(gp), 0);
+	ck_assert_msg(!atomic_load(&st.done), "dirty_view_start returned before the guest acknowledged");
 	proto_cmd(&r, PAYLOAD_CMD_PROTO_POLL, NULL, 0, 0);
+	pthread_join(t, NULL);
+	ck_assert_int_eq(st.rc, 0);
 	ck_assert_int_eq(dirty_gp_acked(gp), 1);
 
 	proto_cmd(&r, PAYLOAD_CMD_PROTO_MAP, rx, (uint32_t)nrx, PAYLOAD_DIR_FROM_DEVICE);

@@ -45,10 +45,11 @@
  *   mark_pinned    gproto.c mark_pinned, from gp_sync_common at final and
  *                  in every round under SEND
  *   release_carried gproto.c release_carried: one LDA of the pin word
- *   claim          the migration's claim from the view; under DEFER one LDA
- *                  of the pin word (dirty_gp_pinned) and, if set,
- *                  dirty_gp_defer instead of the send, as
- *                  tests/test_gproto.c pinned_policies_and_carry_over does
+ *   claim          the migration's claim from the view; under DEFER the
+ *                  claim's prepare_read (gproto.c gp_prepare_read) reads the
+ *                  pin word (one LDA) and, if set, keeps the page back in
+ *                  the carried set instead of handing it out, as
+ *                  tests/test_gproto.c defer_claims_keep_pinned_back checks
  *
  * Abstractions, and why none of them hides a violation
  *  - Content. A write bumps the page's version, a send copies it; the
@@ -367,9 +368,9 @@ proctype host()
 		if
 		:: policy == SEND && view ->
 			d_step { view = 0; behind = 0 }	/* send */
-		:: atomic { policy == DEFER && view && pin -> view = 0;	/* dirty_gp_pinned */
+		:: atomic { policy == DEFER && view && pin -> view = 0;	/* gp_prepare_read: pinned */
 #ifndef BROKEN_NO_CARRY
-			carried = 1			/* dirty_gp_defer */
+			carried = 1			/* kept back, carried */
 #endif
 		   }
 		:: atomic { policy == DEFER && view && !pin -> view = 0 } ->
