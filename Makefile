@@ -25,7 +25,8 @@ CFLAGS ?= -O2 -g
 SAN    ?=
 
 # Debian packages the build and tests need; `make deps` installs the missing.
-DEPS_PKGS := liburcu-dev liburing-dev libpci-dev check pkg-config python3 spin clang libclang-rt-dev gnuplot-nox iproute2
+DEPS_PKGS := liburcu-dev liburing-dev libpci-dev check pkg-config python3 spin clang libclang-rt-dev gnuplot-nox iproute2 \
+	qemu-system-x86 xz-utils zstd
 
 ifeq ($(SAN),asan)
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -113,7 +114,8 @@ $(BUILD)/bin/%: bench/%.c bench/benchutil.h $(ARLIB)
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) -o $@ $< $(ARLIB) $(LIB_LIBS) -lm
 
 check: all
-	@BUILD=$(BUILD) SAN=$(SAN) CC="$(CC)" tests/run-tests.sh $(TEST_BINS) $(KVM_TEST_BINS) $(TEST_SCRIPTS)
+	@BUILD=$(BUILD) SAN=$(SAN) CC="$(CC)" tests/run-tests.sh $(TEST_BINS) $(KVM_TEST_BINS) $(TEST_SCRIPTS) \
+	  $(VM_TEST_SCRIPTS)
 
 asan:
 	$(MAKE) BUILD=build/asan SAN=asan check
@@ -150,7 +152,9 @@ clean:
 	rm -rf build
 
 # After `all` and the variables they use: libFuzzer targets (make fuzz),
-# the KVM test VMM, guest payload and KVM suites, the dirtymig harness.
+# the KVM test VMM, guest payload and KVM suites, the dirtymig harness, the
+# VM tier (Debian kernels under QEMU TCG: VFIO and the guest side).
 include tests/fuzz/fuzz.mk
 include tests/kvm/kvm.mk
 include bench/dirtymig/dirtymig.mk
+include tests/vm/vm.mk

@@ -1,0 +1,55 @@
+# tests/vm/vm.mk - the VM test tier: Debian kernels under qemu-system-x86_64
+# (TCG) with an emulated Intel IOMMU, QEMU's edu DMA device and ivshmem; the
+# tests for VFIO code run inside that guest (see tests/vm/README.md).
+# Included by the top Makefile after its own rules; uses BUILD, CC, CFLAGS,
+# SAN and the `tests` target from it.
+#
+#   make vm-guest       the guest programs, $(BUILD)/tests/vm/<name>
+#   make vm-fetch       download and unpack the kernels, busybox and headers
+#                       (into ~/.cache/libdirty/vm; needs apt, not root)
+#   make vm-initramfs   $(BUILD)/tests/vm/initramfs-<kernel>.cpio.gz with all
+#                       guest programs (the tests build their own as needed)
+#   make check-vm       run tests/vm/t_vm_*.sh through tests/run-tests.sh
+#
+# The guest programs run inside the guest: built without sanitizers, with
+# nothing from the host build linked in. They use the installed (6.1) uapi
+# headers only. Under SAN=asan|tsan the VM tests skip.
+
+VM_OUT := $(BUILD)/tests/vm
+VM_KERNELS := 6.1 6.12
+VM_GUEST_CC ?= $(CC)
+VM_GUEST_CFLAGS := $(filter-out -fsanitize=% -fno-sanitize-recover=%,$(CFLAGS)) \
+	-std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+	-Wmissing-prototypes -Iinclude -Itests/vm/guest
+VM_GUEST_LIB_SRCS := tests/vm/guest/vfio-edu.c
+VM_GUEST_LIB_OBJS := $(patsubst tests/vm/guest/%.c,$(VM_OUT)/%.o,$(VM_GUEST_LIB_SRCS))
+VM_GUEST_HDRS := $(wildcard tests/vm/guest/*.h)
+VM_GUEST_SRCS := $(filter-out $(VM_GUEST_LIB_SRCS),$(wildcard tests/vm/guest/*.c))
+VM_GUEST_BINS := $(patsubst tests/vm/guest/%.c,$(VM_OUT)/%,$(VM_GUEST_SRCS))
+VM_TEST_SCRIPTS := $(wildcard tests/vm/t_vm_*.sh)
+VM_INITRDS := $(patsubst %,$(VM_OUT)/initramfs-%.cpio.gz,$(VM_KERNELS))
+
+.PHONY: vm-guest vm-fetch vm-initramfs check-vm
+vm-guest: $(VM_GUEST_BINS)
+tests: $(VM_GUEST_BINS)
+
+$(VM_GUEST_LIB_OBJS): $(VM_OUT)/%.o: tests/vm/guest/%.c $(VM_GUEST_HDRS)
+	@mkdir -p $(@D)
+	$(VM_GUEST_CC) $(VM_GUEST_CFLAGS) -c -o $@ $<
+
+$(VM_GUEST_BINS): $(VM_OUT)/%: tests/vm/guest/%.c $(VM_GUEST_LIB_OBJS) $(VM_GUEST_HDRS)
+	@mkdir -p $(@D)
+	$(VM_GUEST_CC) $(VM_GUEST_CFLAGS) -o $@ $< $(VM_GUEST_LIB_OBJS)
+
+vm-fetch:
+	tests/vm/fetch.sh
+
+vm-initramfs: $(VM_INITRDS)
+
+$(VM_INITRDS): $(VM_OUT)/initramfs-%.cpio.gz: $(VM_GUEST_BINS) tests/vm/mkinitramfs.sh tests/vm/fetch.sh
+	tests/vm/fetch.sh --kernel $* >/dev/null
+	tests/vm/mkinitramfs.sh --kernel $* --out $@ $(VM_GUEST_BINS)
+
+# Each boot is ~3-5 s of a TCG guest; the whole tier stays under 3 minutes.
+check-vm: $(VM_GUEST_BINS)
+	@BUILD=$(BUILD) SAN=$(SAN) CC="$(CC)" TEST_TIMEOUT=$${TEST_TIMEOUT:-300} tests/run-tests.sh $(VM_TEST_SCRIPTS)
