@@ -453,7 +453,19 @@ struct dirty_migrate_result {
 	double expected_downtime_ms;	/* at the stop decision */
 	double downtime_ms;		/* vCPU stop -> destination ack */
 	double total_ms;
-	int converged;			/* 1: under the target; 0: a cap */
+	int converged;			/* 1: under the target; 0: see stop */
+	unsigned int stop;		/* enum dirty_migrate_stop: why pre-copy ended */
+};
+
+enum dirty_migrate_stop {
+	DIRTY_MIGRATE_CONVERGED = 0,	/* expected downtime under the target */
+	DIRTY_MIGRATE_ROUND_CAP,	/* max_rounds reached */
+	DIRTY_MIGRATE_TIME_CAP,		/* max_time_s reached */
+	/*
+	 * Under the target but for pages sources hold for the final round
+	 * (pinned DMA buffers): more rounds could not reduce them.
+	 */
+	DIRTY_MIGRATE_HELD,
 };
 
 /*

@@ -111,7 +111,7 @@ DIRTY_API int dirty_migrate(struct dirty_view *view,
 	unsigned int max_rounds;
 	double start = __dirty_now(), t_stop = 0;
 	bool stopped = false, synced = false;
-	uint64_t dirty_bytes = 0;
+	uint64_t dirty_bytes = 0, held;
 	int err;
 
 	err = check_args(cfg, ops);
@@ -152,7 +152,8 @@ DIRTY_API int dirty_migrate(struct dirty_view *view,
 		synced = true;
 		dirty_view_count(view, NULL, &dirty_bytes);
 		/* Pages a source keeps back for final are sent in the downtime too. */
-		dirty_bytes += dirty_view_held_bytes(view);
+		held = dirty_view_held_bytes(view);
+		dirty_bytes += held;
 		res->expected_downtime_ms = res->bandwidth > 0 ?
 			(double)dirty_bytes / res->bandwidth * 1000 : 0;
 		if (ops->progress) {
@@ -166,11 +167,26 @@ DIRTY_API int dirty_migrate(struct dirty_view *view,
 		}
 		if (res->expected_downtime_ms <= cfg->downtime_target_ms) {
 			res->converged = 1;
+			res->stop = DIRTY_MIGRATE_CONVERGED;
 			break;
 		}
-		if (res->rounds >= max_rounds ||
-		    (cfg->max_time_s > 0 && __dirty_now() - start >= cfg->max_time_s))
+		/*
+		 * Held pages wait for the final round whatever pre-copy does:
+		 * once the rest is under the target, more rounds gain nothing.
+		 */
+		if (held && res->bandwidth > 0 &&
+		    (double)(dirty_bytes - held) / res->bandwidth * 1000 <= cfg->downtime_target_ms) {
+			res->stop = DIRTY_MIGRATE_HELD;
 			break;
+		}
+		if (res->rounds >= max_rounds) {
+			res->stop = DIRTY_MIGRATE_ROUND_CAP;
+			break;
+		}
+		if (cfg->max_time_s > 0 && __dirty_now() - start >= cfg->max_time_s) {
+			res->stop = DIRTY_MIGRATE_TIME_CAP;
+			break;
+		}
 	}
 
 	/* The order matters: no DMA, then no CPU writes, then the last look. */

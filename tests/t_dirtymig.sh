@@ -9,6 +9,8 @@
 #     connection, exits non-zero and says its dirty state was kept;
 #  1c. per KVM dirty-log mode (bitmap, clear-log, ring; those the kernel
 #     has): libdirty loses 0 pages, cpu-only loses the NIC's;
+#  1d. per NIC completion (unmap alone, sync_for_cpu alone with buffers
+#     recycled mapped) and the DEFER policy: the same;
 #  4. a destination that resets the first connection mid-round
 #     (--drop-after-pages) and a source with --retry 1: the first attempt
 #     fails with a clear message, the second succeeds with 0 lost pages.
@@ -120,6 +122,38 @@ assert co["lost_nic_pages"] > 0, f"kvm/{want}: cpu-only lost no NIC page"
 print(f"kvm/{want} OK: libdirty 0 lost in {ld['rounds']} rounds, cpu-only {co['lost_pages']} lost")
 PY
 done
+# ---- 1d. every way the NIC's driver reports DMA, and the DEFER policy ----
+# unmap alone, sync_for_cpu alone (buffers recycled still mapped, as a page
+# pool does: pins never drop), and DEFER (claims keep pinned pages back,
+# final sends them): libdirty loses 0 pages, cpu-only loses the NIC's.
+for variant in "unmap defer" "sync send" "sync defer"; do
+  set -- $variant
+  set +e
+  out=$(timeout 60 "$bin" demo --quick --nic-completion="$1" --pinned="$2" --tracking=libdirty,cpu-only \
+        --json --quiet 2>"$tmp/nv.err")
+  rc=$?
+  set -e
+  cat "$tmp/nv.err"
+  [ $rc = 0 ] || { echo "$out"; echo "FAIL: dirtymig --nic-completion=$1 --pinned=$2 exited $rc"; exit 1; }
+  python3 - "$out" "$1" "$2" <<'PY'
+import json, sys
+runs = {o["mode"]: o for o in map(json.loads, filter(str.strip, sys.argv[1].splitlines()))}
+how, pinned = sys.argv[2], sys.argv[3]
+ld, co = runs["libdirty"], runs["cpu-only"]
+for o in (ld, co):
+    assert o["ok"], o.get("error")
+    assert o["nic_completion"] == how and o["pinned"] == pinned, o
+assert ld["dma_packets"] > 0 and ld["nic_errors"] == 0, ld
+assert ld["lost_pages"] == 0, f"{how}/{pinned}: libdirty lost {ld['lost_pages']} pages"
+assert co["lost_nic_pages"] > 0, f"{how}/{pinned}: cpu-only lost no NIC page"
+if pinned == "defer":
+    assert ld["gp_kept_back"] > 0, f"{how}/defer: no claim kept a pinned page back"
+print(f"nic {how}/{pinned} OK: libdirty 0 lost ({ld['gp_kept_back']} kept back, stop {ld['stop']}), "
+      f"cpu-only {co['lost_nic_pages']} NIC pages lost")
+PY
+done
+set --
+
 # A mode asked of the threads vCPU is a usage error, not a silent fallback.
 set +e
 "$bin" demo --quick --vcpu=threads --kvm-mode=ring --quiet >/dev/null 2>"$tmp/km.err"

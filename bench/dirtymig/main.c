@@ -87,6 +87,12 @@ static void usage(FILE *f)
 "  --pkt-size N       bytes per packet, 64..4096 (default 1500)\n"
 "  --ring N           RX descriptors (default 256)\n"
 "  --pool-mib N       RX buffer pool the driver cycles through (default 8)\n"
+"  --nic-completion C how the NIC's driver finishes a received buffer:\n"
+"                     sync+unmap (default: sync_for_cpu, then unmap), unmap\n"
+"                     (unmap alone), sync (sync_for_cpu and recycle the\n"
+"                     buffer still mapped, as a page pool does)\n"
+"  --pinned P         the guest protocol's pinned pages: send (every round,\n"
+"                     default) or defer (kept back until unpinned or the stop)\n"
 "  --link-mbps N      link cap in Mbit/s, a token bucket in the sender;\n"
 "                     0 = uncapped (default 1000)\n"
 "  --downtime-ms N    stop pre-copy when the expected downtime is under N (30)\n"
@@ -110,13 +116,16 @@ static void usage(FILE *f)
 "Table columns: total ms (whole migration), downtime ms (vCPU stop to the\n"
 "destination's ACK of the final round), limit ms (final bytes / link rate:\n"
 "the physical floor), rounds (pre-copy, first full pass included),\n"
-"converged (expected downtime under target, else a cap), pages / MiB sent,\n"
+"converged (expected downtime under target; else why it stopped: a round\n"
+"or time cap, or held: only pages a source holds for the stop, pinned DMA\n"
+"buffers, were over it), pages / MiB sent,\n"
 "cpu log (what tracked the vCPU: kvm/<mode> or threads/uffd),\n"
 "final pages (sent while stopped), lost pages (final contents differ).\n"
-"JSON keys: mode vcpu kvm_mode ok error total_ms downtime_ms expected_downtime_ms rounds\n"
-"converged pages_sent bytes_sent final_pages final_bytes lost_pages\n"
+"JSON keys: mode vcpu kvm_mode nic_completion pinned ok error total_ms downtime_ms expected_downtime_ms rounds\n"
+"converged stop pages_sent bytes_sent final_pages final_bytes lost_pages\n"
 "lost_nic_pages link_bytes_per_s limit_ms bandwidth guest_bytes dma_packets\n"
 "dma_drops vcpu_writes nic_errors still_dirty attempts downtime_target_ms\n"
+"gp_pinned_sent gp_kept_back (guest-protocol statistics, libdirty mode)\n"
 "round_dirty_pages round_expected_ms.\n\n"
 "dest prints \"dirtymig dest: listening on IP:PORT\" (port 0 picks one), serves\n"
 "migrations until one flagged last, and refuses a malformed or truncated\n"
@@ -203,7 +212,7 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 	if (!strcmp(name, "--keep-going")) { o->keep_going = true; return 0; }
 	/* Unknown before reading a value: `--bogus x` must not eat x silently. */
 	snprintf(padded, sizeof(padded), " %s ", name);
-	if (!strstr(" --listen --to --plot --tracking --vcpu --kvm-mode --mem-mib --pool-mib --vcpus --dirty-rate"
+	if (!strstr(" --listen --to --plot --tracking --vcpu --kvm-mode --nic-completion --pinned --mem-mib --pool-mib --vcpus --dirty-rate"
 		    " --pkt-rate --pkt-size --ring --link-mbps --downtime-ms --max-rounds --max-time --seed"
 		    " --retry --drop-after-pages ",
 		    padded))
@@ -220,6 +229,19 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 		if (!strcmp(v, "threads")) { o->run.wl.vcpu_kind = WL_VCPU_THREADS; return 0; }
 		if (!strcmp(v, "kvm")) { o->run.wl.vcpu_kind = WL_VCPU_KVM; return 0; }
 		return bad_arg(v, "--vcpu is kvm or threads");
+	}
+	if (!strcmp(name, "--nic-completion")) {
+		for (int c = WL_NIC_SYNC_UNMAP; c <= WL_NIC_SYNC; c++)
+			if (!strcmp(v, wl_nic_completion_name(c))) {
+				o->run.wl.nic_completion = c;
+				return 0;
+			}
+		return bad_arg(v, "--nic-completion is sync+unmap, unmap or sync");
+	}
+	if (!strcmp(name, "--pinned")) {
+		if (!strcmp(v, "send")) { o->run.pinned = DIRTY_GP_PINNED_SEND; return 0; }
+		if (!strcmp(v, "defer")) { o->run.pinned = DIRTY_GP_PINNED_DEFER; return 0; }
+		return bad_arg(v, "--pinned is send or defer");
 	}
 	if (!strcmp(name, "--kvm-mode")) {
 		static const enum dirty_kvm_mode m[] = { DIRTY_KVM_AUTO, DIRTY_KVM_BITMAP,

@@ -59,13 +59,12 @@ static const struct dirty_source_ops all_mapped_ops = {
 /* ---- building a mode ---------------------------------------------------- */
 
 int tracking_create(struct tracking *t, enum dm_mode m, struct workload *w,
-		    char *err, size_t errlen)
+		    unsigned int pinned, char *err, size_t errlen)
 {
 	struct dirty_gp_config gc = {
 		.gpa = 0, .len = w->bytes,
-		/* Pinned pages resent every round: an honest estimate of what
-		 * the stop must send, and the ring is small. */
-		.pinned = DIRTY_GP_PINNED_SEND,
+		/* SEND: pinned pages resent every round; DEFER: at the stop. */
+		.pinned = pinned,
 		/* A silent guest costs downtime, never correctness. */
 		.fallback = DIRTY_GP_FALLBACK_ALL_DIRTY,
 		.heartbeat_timeout_ms = 2000,

@@ -47,9 +47,12 @@ struct tracking {
 	struct dirty_source *all_mapped;
 };
 
-/* Build the view and sources of mode m over w's RAM (gpa 0). */
+/*
+ * Build the view and sources of mode m over w's RAM (gpa 0); pinned is the
+ * guest protocol's policy for pinned pages (enum dirty_gp_pinned).
+ */
 int tracking_create(struct tracking *t, enum dm_mode m, struct workload *w,
-		    char *err, size_t errlen);
+		    unsigned int pinned, char *err, size_t errlen);
 /* Frees the views and every source in them (the workload's NIC first). */
 void tracking_destroy(struct tracking *t);
 

@@ -11,16 +11,22 @@
  * The driver (one thread, part of "the VM") uses the guest bitmap
  * protocol the way a Linux driver uses the DMA API: the descriptor ring
  * is mapped BIDIRECTIONAL for good (a coherent allocation: pinned), each
- * RX buffer is mapped FROM_DEVICE when posted; on completion it calls
- * sync_for_cpu (dirties the buffer), checks the packet, unmaps it and
- * posts a fresh page from its pool, cycling through the pool as a page
- * pool does. Its own descriptor writes go through the CPU mapping.
+ * RX buffer is mapped FROM_DEVICE when posted; it posts pages from its
+ * pool in turn. How it finishes with a received buffer is the workload's
+ * choice (WL_NIC_*), because each path reports the DMA differently:
+ *   sync+unmap  sync_for_cpu (dirties), check the packet, unmap (dirties);
+ *   unmap       unmap (dirties), then check the packet;
+ *   sync        sync_for_cpu (dirties), check, and recycle the buffer
+ *               still mapped (sync_for_device when posted again), as a
+ *               page pool does: its pins never drop.
+ * Its own descriptor writes go through the CPU mapping.
  *
  * Descriptor words are accessed with atomics from both mappings: the
  * release store of `flags` publishes the rest, as a doorbell would.
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -28,6 +34,11 @@
 #include "workload.h"
 
 #define PKT_K 0x9e3779b97f4a7c15ull
+
+const char *wl_nic_completion_name(int c)
+{
+	return c == WL_NIC_UNMAP ? "unmap" : c == WL_NIC_SYNC ? "sync" : "sync+unmap";
+}
 
 static struct nic_desc *desc_at(struct nic *n, uint8_t *map, unsigned int i)
 {
@@ -41,13 +52,20 @@ static void nic_error(struct nic *n, const char *what, int err)
 			 dirty_last_error());
 }
 
-/* Post a fresh pool page in descriptor i: map it for the device, then publish. */
+/* Post the next pool page in descriptor i: hand it to the device, then publish. */
 static int post(struct nic *n, unsigned int i)
 {
 	struct nic_desc *d = desc_at(n, n->w->cpu, i);
-	uint64_t gpa = n->pool_gpa + (n->pool_next++ % n->pool_pages) * WL_PAGE;
-	int err = dirty_guest_map(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE);
+	uint64_t k = n->pool_next++ % n->pool_pages, gpa = n->pool_gpa + k * WL_PAGE;
+	int err;
 
+	if (n->pool_mapped && n->pool_mapped[k]) {
+		err = dirty_guest_sync_for_device(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE);
+	} else {
+		err = dirty_guest_map(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE);
+		if (!err && n->pool_mapped)
+			n->pool_mapped[k] = 1;
+	}
 	if (err)
 		return err;
 	__atomic_store_n(&d->gpa, gpa, __ATOMIC_RELAXED);
@@ -67,6 +85,10 @@ int nic_init(struct nic *n, struct workload *w, int gp_fd, char *err, size_t err
 	n->desc_bytes = (n->ring * sizeof(struct nic_desc) + WL_PAGE - 1) / WL_PAGE * WL_PAGE;
 	n->pool_gpa = n->desc_gpa + n->desc_bytes;
 	n->pool_pages = (w->nic_base + w->nic_bytes - n->pool_gpa) / WL_PAGE;
+	if (w->cfg.nic_completion == WL_NIC_SYNC && !(n->pool_mapped = calloc(n->pool_pages, 1))) {
+		snprintf(err, errlen, "NIC driver: out of memory");
+		return -ENOMEM;
+	}
 	if ((e = dirty_guest_open_fd(gp_fd, &n->g)) ||
 	    (e = dirty_guest_agent_start(n->g, 1)) ||
 	    (e = dirty_guest_map(n->g, n->desc_gpa, n->desc_bytes, DIRTY_BIDIRECTIONAL))) {
@@ -90,6 +112,8 @@ void nic_fini(struct nic *n)
 	if (n->g)
 		dirty_guest_close(n->g);
 	n->g = NULL;
+	free(n->pool_mapped);
+	n->pool_mapped = NULL;
 }
 
 /* ---- the device ---------------------------------------------------------- */
@@ -164,16 +188,21 @@ void nic_stop_device(struct nic *n)
 
 /* ---- the guest driver -------------------------------------------------- */
 
-/* Take one completed descriptor: sync, check, unmap, post a fresh buffer. */
+/* Take one completed descriptor: finish the buffer, check it, post the next. */
 static void complete(struct nic *n, struct nic_desc *d, unsigned int i)
 {
 	uint64_t gpa = __atomic_load_n(&d->gpa, __ATOMIC_RELAXED);
 	uint32_t len = __atomic_load_n(&d->len, __ATOMIC_RELAXED);
 	const uint64_t *p = (const uint64_t *)(n->w->cpu + gpa);
-	int err;
+	int how = n->w->cfg.nic_completion, err;
 
-	if ((err = dirty_guest_sync_for_cpu(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE))) {
+	if (how != WL_NIC_UNMAP &&
+	    (err = dirty_guest_sync_for_cpu(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE))) {
 		nic_error(n, "driver: sync_for_cpu", err);
+		return;
+	}
+	if (how == WL_NIC_UNMAP && (err = dirty_guest_unmap(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE))) {
+		nic_error(n, "driver: unmap", err);
 		return;
 	}
 	/* The CPU reads the packet: it must be the one the device wrote here. */
@@ -181,7 +210,7 @@ static void complete(struct nic *n, struct nic_desc *d, unsigned int i)
 		    __atomic_load_n(&p[2], __ATOMIC_RELAXED) !=
 			    (__atomic_load_n(&p[0], __ATOMIC_RELAXED) ^ (2 * PKT_K))))
 		nic_error(n, "driver: a received packet reads back wrong", -EIO);
-	if ((err = dirty_guest_unmap(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE)))
+	if (how == WL_NIC_SYNC_UNMAP && (err = dirty_guest_unmap(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE)))
 		nic_error(n, "driver: unmap", err);
 	if ((err = post(n, i)))
 		nic_error(n, "driver: posting a fresh buffer", err);

@@ -28,10 +28,22 @@ void dm_report_setup(FILE *f, const struct dm_run_config *c)
 	else
 		fprintf(f, "guest %" PRIu64 " MiB; %u vCPU threads x %.0f pages/s (uffd-tracked); NIC %.0f packets/s x %u B\n",
 			c->wl.mem_bytes >> 20, c->wl.vcpus, c->wl.dirty_rate, c->wl.pkt_rate, c->wl.pkt_size);
-	fprintf(f, "into a %u-descriptor ring over a %" PRIu64 " MiB buffer pool (DMA mapping); link %s;\n"
-		"downtime target %.0f ms; pre-copy caps %u rounds, %.1f s\n\n",
-		c->wl.ring, c->wl.pool_bytes >> 20, link, c->mig.downtime_target_ms,
+	fprintf(f, "into a %u-descriptor ring over a %" PRIu64 " MiB buffer pool (DMA mapping), driver completes\n"
+		"with %s, pinned pages %s; link %s; downtime target %.0f ms; pre-copy caps %u rounds, %.1f s\n\n",
+		c->wl.ring, c->wl.pool_bytes >> 20, wl_nic_completion_name(c->wl.nic_completion),
+		c->pinned == DIRTY_GP_PINNED_DEFER ? "deferred" : "sent every round",
+		link, c->mig.downtime_target_ms,
 		c->mig.max_rounds ? c->mig.max_rounds : 30, c->mig.max_time_s);
+}
+
+static const char *converged_name(const struct dirty_migrate_result *m)
+{
+	switch (m->stop) {
+	case DIRTY_MIGRATE_CONVERGED: return "yes";
+	case DIRTY_MIGRATE_HELD: return "no (held)";
+	case DIRTY_MIGRATE_TIME_CAP: return "no (time)";
+	default: return "no (cap)";
+	}
 }
 
 void dm_report_table(FILE *f, const struct dm_run_result *r, int n)
@@ -51,7 +63,7 @@ void dm_report_table(FILE *f, const struct dm_run_result *r, int n)
 			 strcmp(x->vcpu, "kvm") ? "uffd" : x->kvm_mode);
 		fprintf(f, "%-10s %-13s %9.1f %11.1f %9.1f %6u %9s %10" PRIu64 " %9.1f %11" PRIu64 " %10" PRIu64 "\n",
 			dm_mode_name(x->mode), log, x->mig.total_ms, x->mig.downtime_ms, x->limit_ms,
-			x->mig.rounds, x->mig.converged ? "yes" : "no (cap)", x->mig.pages_sent,
+			x->mig.rounds, converged_name(&x->mig), x->mig.pages_sent,
 			(double)x->mig.bytes_sent / (1 << 20), x->mig.final_pages, x->lost_pages);
 	}
 	for (int i = 0; i < n; i++) {
@@ -139,25 +151,30 @@ void dm_report_json(FILE *f, const struct dm_run_result *r, int n,
 	for (int i = 0; i < n; i++) {
 		const struct dm_run_result *x = &r[i];
 
-		fprintf(f, "{\"mode\":\"%s\",\"vcpu\":\"%s\",\"kvm_mode\":\"%s\",\"ok\":%s,\"error\":",
-			dm_mode_name(x->mode), x->vcpu, x->kvm_mode, x->err ? "false" : "true");
+		fprintf(f, "{\"mode\":\"%s\",\"vcpu\":\"%s\",\"kvm_mode\":\"%s\",\"nic_completion\":\"%s\","
+			"\"pinned\":\"%s\",\"ok\":%s,\"error\":", dm_mode_name(x->mode), x->vcpu, x->kvm_mode,
+			wl_nic_completion_name(cfg->wl.nic_completion),
+			cfg->pinned == DIRTY_GP_PINNED_DEFER ? "defer" : "send", x->err ? "false" : "true");
 		if (x->err)
 			json_str(f, x->error);
 		else
 			fputs("null", f);
 		fprintf(f, ",\"total_ms\":%.3f,\"downtime_ms\":%.3f,\"expected_downtime_ms\":%.3f,"
-			"\"rounds\":%u,\"converged\":%s,\"pages_sent\":%" PRIu64 ",\"bytes_sent\":%" PRIu64
+			"\"rounds\":%u,\"converged\":%s,\"stop\":\"%s\",\"pages_sent\":%" PRIu64 ",\"bytes_sent\":%" PRIu64
 			",\"final_pages\":%" PRIu64 ",\"final_bytes\":%" PRIu64 ",\"lost_pages\":%" PRIu64
 			",\"lost_nic_pages\":%" PRIu64 ",\"link_bytes_per_s\":%.0f,\"limit_ms\":%.3f"
 			",\"bandwidth\":%.0f,\"guest_bytes\":%" PRIu64 ",\"dma_packets\":%" PRIu64
 			",\"dma_drops\":%" PRIu64 ",\"vcpu_writes\":%" PRIu64 ",\"nic_errors\":%" PRIu64
-			",\"still_dirty\":%" PRIu64 ",\"attempts\":%u,\"downtime_target_ms\":%.3f",
+			",\"still_dirty\":%" PRIu64 ",\"attempts\":%u,\"downtime_target_ms\":%.3f"
+			",\"gp_pinned_sent\":%" PRIu64 ",\"gp_kept_back\":%" PRIu64,
 			x->mig.total_ms, x->mig.downtime_ms, x->mig.expected_downtime_ms, x->mig.rounds,
-			x->mig.converged ? "true" : "false", x->mig.pages_sent, x->mig.bytes_sent,
+			x->mig.converged ? "true" : "false",
+			x->mig.stop == DIRTY_MIGRATE_HELD ? "held" : x->mig.stop == DIRTY_MIGRATE_TIME_CAP ?
+			"time-cap" : x->mig.stop == DIRTY_MIGRATE_ROUND_CAP ? "round-cap" : "converged", x->mig.pages_sent, x->mig.bytes_sent,
 			x->mig.final_pages, x->mig.final_bytes, x->lost_pages, x->lost_nic_pages,
 			x->link_bytes_per_s, x->limit_ms, x->mig.bandwidth, cfg->wl.mem_bytes,
 			x->dma_packets, x->dma_drops, x->vcpu_writes, x->nic_errors, x->still_dirty,
-			x->attempts, cfg->mig.downtime_target_ms);
+			x->attempts, cfg->mig.downtime_target_ms, x->gp_pinned_sent, x->gp_kept_back);
 		fputs(",\"round_dirty_pages\":[", f);
 		for (unsigned int k = 0; k < x->nrounds; k++)
 			fprintf(f, "%s%" PRIu64, k ? "," : "", x->round[k].dirty_pages);

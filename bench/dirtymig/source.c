@@ -157,6 +157,7 @@ static void collect(struct run *r)
 		res->gp_healthy = h.healthy;
 		snprintf(res->gp_reason, sizeof(res->gp_reason), "%s", h.reason);
 		res->gp_pinned_sent = h.pages_pinned_sent;
+		res->gp_kept_back = h.pages_kept_back;
 	}
 }
 
@@ -176,7 +177,7 @@ int dm_run_migration(const struct dm_run_config *cfg, struct dm_run_result *res)
 	r->res = res;
 	r->tx.c.fd = -1;
 	if ((e = wl_create(&r->w, &cfg->wl, err, sizeof(err))) ||
-	    (e = tracking_create(&r->t, cfg->mode, &r->w, err, sizeof(err))) ||
+	    (e = tracking_create(&r->t, cfg->mode, &r->w, cfg->pinned, err, sizeof(err))) ||
 	    (e = wl_nic_attach(&r->w, dirty_gp_fd(r->t.gp), err, sizeof(err)))) {
 		snprintf(res->error, sizeof(res->error), "%s", err);
 		goto out;

@@ -35,6 +35,7 @@ struct dm_run_config {
 	bool last;		/* the destination exits after this one */
 	bool progress;		/* a live line on stderr */
 	unsigned int retry;	/* attempts after a failed one (fresh connection, full resend) */
+	unsigned int pinned;	/* enum dirty_gp_pinned for the guest protocol */
 };
 
 struct dm_run_result {
@@ -57,7 +58,8 @@ struct dm_run_result {
 	bool gp_used;
 	int gp_healthy;
 	char gp_reason[160];
-	uint64_t gp_pinned_sent;
+	uint64_t gp_pinned_sent;	/* pinned pages marked (SEND each round, final) */
+	uint64_t gp_kept_back;		/* pinned pages claims kept back (DEFER) */
 	unsigned int nrounds;
 	struct dm_round_info round[DM_MAX_ROUNDS];
 };

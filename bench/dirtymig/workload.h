@@ -39,7 +39,18 @@ struct wl_config {
 	uint64_t seed;
 	int vcpu_kind;		/* WL_VCPU_*: AUTO is resolved before wl_create */
 	int kvm_mode;		/* enum dirty_kvm_mode; AUTO: ring, else clear-log, else bitmap */
+	int nic_completion;	/* WL_NIC_*: how the driver finishes with a buffer */
 };
+/* The driver syncs the buffer for the CPU, then unmaps it (either dirties). */
+#define WL_NIC_SYNC_UNMAP 0
+/* The driver unmaps the buffer, then reads it (dma_unmap_single alone). */
+#define WL_NIC_UNMAP 1
+/*
+ * The driver syncs the buffer for the CPU and recycles it still mapped (a
+ * page pool): buffers are mapped once, on first use, and never unmapped.
+ */
+#define WL_NIC_SYNC 2
+const char *wl_nic_completion_name(int c);
 #define WL_VCPU_AUTO 0
 #define WL_VCPU_THREADS 1
 #define WL_VCPU_KVM 2
@@ -69,6 +80,7 @@ struct nic {
 	/* Driver state. */
 	unsigned int drv_next;
 	uint64_t pool_next;
+	uint8_t *pool_mapped;	/* WL_NIC_SYNC: pool pages mapped so far */
 	pthread_t dev_thread, drv_thread;
 	_Atomic bool dev_stop, drv_stop;
 	bool dev_running, drv_running;
