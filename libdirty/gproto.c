@@ -417,7 +417,7 @@ static void withhold_run(struct dirty_gp *gp, struct dirty_run in, uint64_t unit
 	while (a < e) {
 		uint64_t last = (e - gp->gpa + gp->page_size - 1) >> gp->shift;
 		uint64_t p = next_pinned(gp, (a - gp->gpa) >> gp->shift, last);
-		uint64_t x = gp->gpa + (p << gp->shift), k0, k1;
+		uint64_t x = gp->gpa + (p << gp->shift), k0, k1, first, count;
 		size_t need;
 
 		if (p >= last)
@@ -436,10 +436,14 @@ static void withhold_run(struct dirty_gp *gp, struct dirty_run in, uint64_t unit
 		if (*n + need > lim)
 			break;
 		put_run(out, n, lim, pos, k0 - pos);
-		hbm_mark(&gp->carried, (k0 - gp->gpa) >> gp->shift,
-			 (k1 - k0) >> gp->shift);
-		atomic_fetch_add_explicit(&gp->kept_back, (k1 - k0) >> gp->shift,
-					  memory_order_relaxed);
+		/*
+		 * Carried whole: a run shorter than a protocol page keeps back
+		 * part of one, and the page is carried (and later sent) whole.
+		 */
+		first = (k0 - gp->gpa) >> gp->shift;
+		count = ((k1 - gp->gpa + gp->page_size - 1) >> gp->shift) - first;
+		hbm_mark(&gp->carried, first, count);
+		atomic_fetch_add_explicit(&gp->kept_back, count, memory_order_relaxed);
 		pos = k1;
 	}
 	put_run(out, n, lim, pos, end - pos);	/* room was left for it */

@@ -97,7 +97,7 @@ static bool below_nonzero(struct hbm *h, unsigned int k, uint64_t i)
 }
 
 /* Bit i of level k pointed at nothing: clear it, and above while empty. */
-static void lazy_clear(struct hbm *h, unsigned int k, uint64_t i)
+void hbm_lazy_clear(struct hbm *h, unsigned int k, uint64_t i)
 {
 	for (; k < h->nlevels; k++, i >>= 6) {
 		_Atomic uint64_t *p = &h->lv[k][i >> 6];
@@ -252,7 +252,7 @@ static uint64_t find_from(struct hbm *h, unsigned int k, uint64_t from)
 		v = LD(&h->lv[k][nw]);
 		if (v)
 			return (nw << 6) + (uint64_t)__builtin_ctzll(v);
-		lazy_clear(h, k + 1, nw);
+		hbm_lazy_clear(h, k + 1, nw);
 		from = (nw + 1) << 6;
 	}
 }
@@ -261,21 +261,39 @@ uint64_t hbm_find_group(struct hbm *h, uint64_t from)
 {
 	if (from >= h->nwords[2])
 		return HBM_NONE;
-	if (LD(&h->lv[2][from]) || LD(&h->full[from]))
+	/* Level 2 only: a full bit alone is owned by a claimer or a marker. */
+	if (LD(&h->lv[2][from]))
 		return from;
 	if (h->nlevels == 3)
 		return HBM_NONE;	/* one group only, and it is empty */
 	return find_from(h, 3, from + 1);
 }
 
+uint64_t hbm_take_chunks(struct hbm *h, uint64_t g)
+{
+	return LD(&h->lv[2][g]) ? XCHG(&h->lv[2][g], 0) : 0;
+}
+
+/*
+ * After the level-2 exchange, in the one total order: a marker that set a
+ * full bit of these chunks before its level-2 look is seen here; one that
+ * sets it later finds the level-2 bit clear and sets it, so the chunk is
+ * taken again, full, by a later claim.
+ */
+uint64_t hbm_take_full(struct hbm *h, uint64_t g, uint64_t chunks)
+{
+	if (!chunks || !(LD(&h->full[g]) & chunks))
+		return 0;
+	return AND(&h->full[g], ~chunks) & chunks;
+}
+
 void hbm_take_group(struct hbm *h, uint64_t g, uint64_t *chunks,
 		    uint64_t *full)
 {
-	/* Level 2 first: a chunk marked full after this is seen again later. */
-	*chunks = LD(&h->lv[2][g]) ? XCHG(&h->lv[2][g], 0) : 0;
-	*full = LD(&h->full[g]) ? XCHG(&h->full[g], 0) : 0;
+	*chunks = hbm_take_chunks(h, g);
+	*full = hbm_take_full(h, g, *chunks);
 	if (h->nlevels > 3)
-		lazy_clear(h, 3, g);
+		hbm_lazy_clear(h, 3, g);
 }
 
 void hbm_return_group(struct hbm *h, uint64_t g, uint64_t chunks,

@@ -59,9 +59,17 @@ uint64_t hbm_or_chunk(struct hbm *h, uint64_t c, const uint64_t *words,
 /*
  * Claiming. hbm_find_group() returns the first level-2 word index >= from
  * that may hold chunks (HBM_NONE if none). hbm_take_group() exchanges it
- * with zero, returning the chunks it named in *chunks and those marked
- * full in *full; the caller then owns them and must claim each with
- * hbm_claim_chunk() or give them back with hbm_return_group().
+ * with zero, returning the chunks it named in *chunks and, of those, the
+ * ones marked full in *full; the caller then owns them and claims each
+ * with hbm_claim_chunk() or gives them back with hbm_return_group().
+ *
+ * Ownership of a chunk is its level-2 bit, and nothing else: a claimer
+ * takes only the full bits of chunks whose level-2 bit it exchanged. A
+ * full bit whose level-2 bit is not set yet belongs to a marker between
+ * its two steps (mark_full sets full, then level 2), and the claimer that
+ * later takes that level-2 bit takes the full bit with it. (Taking every
+ * full bit of the group let a second claimer take the full bit of a chunk
+ * a first claimer owned through level 2: both then handed the chunk out.)
  */
 uint64_t hbm_find_group(struct hbm *h, uint64_t from);
 void hbm_take_group(struct hbm *h, uint64_t g, uint64_t *chunks,
@@ -80,6 +88,16 @@ uint64_t hbm_claim_chunk(struct hbm *h, uint64_t c, bool full,
 
 /* Dirty pages right now, without claiming. O(dirty). */
 uint64_t hbm_count(struct hbm *h);
+
+/*
+ * The steps of hbm_take_group(), exposed so tests/test_hbm.c can replay
+ * interleavings deterministically: exchange level-2 word g; take the full
+ * bits of `chunks` from group g; clear summary bit i of level k (k >= 2)
+ * if the word below is empty, re-reading that word after the clear.
+ */
+uint64_t hbm_take_chunks(struct hbm *h, uint64_t g);
+uint64_t hbm_take_full(struct hbm *h, uint64_t g, uint64_t chunks);
+void hbm_lazy_clear(struct hbm *h, unsigned int k, uint64_t i);
 
 /*
  * Population count without a libgcc call: x86-64's baseline has no

@@ -237,6 +237,11 @@ static void do_final(struct fz *f)
 	drain(f);
 	for (uint64_t w = 0; w < words; w++)
 		CHECK(!(f->need[w] & ~f->seen[w]));
+	if (getenv("FUZZ_TRACE"))
+		for (uint64_t p = 0; p < f->vpages; p++)
+			if (f->owed_view[p / 64] >> (p % 64) & 1)
+				fprintf(stderr, "view page %lu owed, not handed out by the final drain\n",
+					(unsigned long)p);
 	CHECK(!bits_any(f->owed_view, f->vpages));
 	CHECK(dirty_view_count(f->v, &pages, NULL) == 0 && pages == 0);
 }
@@ -268,17 +273,11 @@ static uint64_t arg_gpa(struct fz *f)
 	return UINT64_MAX - v % (4 * VPS);
 }
 
-static uint64_t arg_len(struct fz *f)
-{
-	unsigned int m = (unsigned int)take(f, 1) % 3;
-	uint64_t v = take(f, 8);
 
-	if (m == 0)
-		return v;
-	if (m == 1)
-		return v % (f->range + 2 * VPS);
-	return UINT64_MAX - v % VPS;
-}
+static const char *const op_names[OP_COUNT] = {
+	"write", "fill", "store64", "gmark", "gpin", "gack", "sync", "health", "acked",
+	"pinned", "vmark", "track", "final", "claim", "drain",
+};
 
 static void step(struct fz *f)
 {
@@ -287,6 +286,9 @@ static void step(struct fz *f)
 	unsigned int op = (unsigned int)take(f, 1) % OP_COUNT;
 	int r;
 
+	/* FUZZ_TRACE=1 when replaying a crash: the operations, in order. */
+	if (getenv("FUZZ_TRACE"))
+		fprintf(stderr, "op %s (%zu input bytes left)\n", op_names[op], f->left);
 	switch (op) {
 	case OP_WRITE:	/* raw bytes at any offset: torn header fields, odd bits */
 		off = take(f, 2) % f->lay.region_size;
