@@ -29,8 +29,10 @@ shared libraries. Options:
   --module NAME      load this module too (repeatable; its dependencies are
                      added); the default set is irqbypass vfio_virqfd vfio
                      vfio_iommu_type1 vfio-pci-core vfio-pci mdev
-  --no-modules       load no kernel module
-  --ko FILE          an out-of-tree .ko to copy and load last (repeatable)
+  --no-modules       load none of the kernel's own modules (--ko files still
+                     load, without their dependencies)
+  --ko FILE          an out-of-tree .ko to copy and load last (repeatable;
+                     the modules its .modinfo depends on load before it)
   --file SRC:DEST    copy a host file to DEST in the guest (repeatable)
   --default-cmd CMD  command run when the kernel command line gives none
   -h, --help         this text
@@ -157,9 +159,20 @@ add_module() {
 if [ $no_modules = 0 ]; then
   for m in "${modules[@]}"; do add_module "$m"; done
 fi
+# An out-of-tree module may depend on another given with --ko (loaded in
+# the order given), never looked up among the kernel's.
+for k in "${kos[@]}"; do
+  n=$(basename "$k"); n=${n%%.ko*}; state[${n//-/_}]="done"
+done
 for k in "${kos[@]}"; do
   n=$(basename "$k"); n=${n%%.ko*}; n=${n//-/_}
   decompress "$k" "$stage/lib/modules/$n.ko"
+  # Its kernel dependencies (e.g. vfio, mdev) load first, unless --no-modules.
+  if [ $no_modules = 0 ]; then
+    deps=$(objcopy -O binary --only-section=.modinfo "$stage/lib/modules/$n.ko" /dev/stdout 2>/dev/null |
+           tr '\0' '\n' | sed -n 's/^depends=//p' | tr ',' ' ')
+    for d in $deps; do add_module "$d"; done
+  fi
   order+=("$n")
 done
 printf '%s\n' "${order[@]}" >"$stage/lib/modules/load-order"

@@ -10,6 +10,9 @@
 #   make vm-initramfs   $(BUILD)/tests/vm/initramfs-<kernel>.cpio.gz with all
 #                       guest programs (the tests build their own as needed)
 #   make check-vm       run tests/vm/t_vm_*.sh through tests/run-tests.sh
+#   make vm-mdev        ldtest.ko, the TEST DMA device (tests/vm/mdev/), for
+#                       the 6.1 guest: $(BUILD)/tests/vm/mdev/<release>/
+#                       (t_vm_mdev.sh builds it itself when it runs)
 #
 # The guest programs run inside the guest: built without sanitizers, with
 # nothing from the host build linked in. They use the installed (6.1) uapi
@@ -21,15 +24,15 @@ VM_GUEST_CC ?= $(CC)
 VM_GUEST_CFLAGS := $(filter-out -fsanitize=% -fno-sanitize-recover=%,$(CFLAGS)) \
 	-std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
 	-Wmissing-prototypes -Iinclude -Itests/vm/guest
-VM_GUEST_LIB_SRCS := tests/vm/guest/vfio-edu.c
+VM_GUEST_LIB_SRCS := tests/vm/guest/vfio-edu.c tests/vm/guest/mdev-dev.c
 VM_GUEST_LIB_OBJS := $(patsubst tests/vm/guest/%.c,$(VM_OUT)/%.o,$(VM_GUEST_LIB_SRCS))
-VM_GUEST_HDRS := $(wildcard tests/vm/guest/*.h)
+VM_GUEST_HDRS := $(wildcard tests/vm/guest/*.h) tests/vm/mdev/ldtest-regs.h
 VM_GUEST_SRCS := $(filter-out $(VM_GUEST_LIB_SRCS),$(wildcard tests/vm/guest/*.c))
 VM_GUEST_BINS := $(patsubst tests/vm/guest/%.c,$(VM_OUT)/%,$(VM_GUEST_SRCS))
 VM_TEST_SCRIPTS := $(wildcard tests/vm/t_vm_*.sh)
 VM_INITRDS := $(patsubst %,$(VM_OUT)/initramfs-%.cpio.gz,$(VM_KERNELS))
 
-.PHONY: vm-guest vm-fetch vm-initramfs check-vm
+.PHONY: vm-guest vm-fetch vm-initramfs vm-mdev check-vm
 vm-guest: $(VM_GUEST_BINS)
 tests: $(VM_GUEST_BINS)
 
@@ -45,6 +48,11 @@ vm-fetch:
 	tests/vm/fetch.sh
 
 vm-initramfs: $(VM_INITRDS)
+
+# Needs the kernel headers (fetch.sh downloads them); build.sh rebuilds only
+# when a source changed.
+vm-mdev:
+	BUILD=$(abspath $(BUILD)) tests/vm/mdev/build.sh --kernel 6.1
 
 $(VM_INITRDS): $(VM_OUT)/initramfs-%.cpio.gz: $(VM_GUEST_BINS) tests/vm/mkinitramfs.sh tests/vm/fetch.sh
 	tests/vm/fetch.sh --kernel $* >/dev/null
