@@ -175,6 +175,13 @@ struct dirty_source_ops {
 	 * mark only then), so the downtime estimate counts them.
 	 */
 	uint64_t (*held_bytes)(struct dirty_source *src);
+	/*
+	 * 1 while the source's reports can be trusted to be complete (a
+	 * guest that acknowledged tracking, intact region, live agent), 0
+	 * while not. Only a PRECISE source with this callback can cover a
+	 * COARSE one (dirty_source_cover).
+	 */
+	int (*healthy)(struct dirty_source *src);
 };
 
 /*
@@ -198,6 +205,21 @@ int dirty_source_mark_ranges(struct dirty_source *src,
 int dirty_source_merge_bitmap(struct dirty_source *src, uint64_t gpa,
 			      uint64_t page_size, const void *bitmap,
 			      uint64_t nbits);
+
+/*
+ * The cover policy: a PRECISE source that knows exactly which pages a
+ * device wrote (the guest protocol) stands in for a COARSE source of the
+ * same DMA ("potentially dirty": VFIO type1 reports every mapped page).
+ * At the start of every sync and of the final round the view asks the
+ * precise source whether it is healthy; while it is, whatever the coarse
+ * source marks inside the precise source's ranges is dropped (counted as
+ * pages_covered); while it is not, and whenever that is so at final, the
+ * coarse bits count. The coarse source still runs every sync, so its own
+ * log stays armed. Without this call every source is ORed in.
+ * Errors: -EINVAL unless precise is PRECISE with a healthy callback and
+ * coarse is COARSE, both in one view; -EBUSY if coarse is already covered.
+ */
+int dirty_source_cover(struct dirty_source *precise, struct dirty_source *coarse);
 
 /*
  * Start every attached source, then wait until each is ready for a first
@@ -490,6 +512,7 @@ struct dirty_source_stats {
 	uint64_t syncs;
 	uint64_t errors;	/* failed syncs: all its pages were marked */
 	uint64_t pages_marked;	/* total */
+	uint64_t pages_covered;	/* dropped: a healthy precise source stood in */
 	uint64_t last_sync_pages;	/* marked by the last sync */
 	double dirty_rate;	/* pages per second over the last sync interval */
 	int last_error;		/* -errno of the last failed sync, or 0 */

@@ -500,6 +500,19 @@ static int gp_prepare_read(struct dirty_source *src, struct dirty_run *runs,
 	return 0;
 }
 
+/* Trusted right now: the cover policy asks this at each round start. */
+static int gp_healthy(struct dirty_source *src)
+{
+	struct dirty_gp *gp = dirty_source_priv(src);
+	bool ok;
+
+	pthread_mutex_lock(&gp->lock);
+	check_health(gp);
+	ok = gp->healthy && gp->tracking && LDA(&gp->hdr->guest.ack_gen) == gp->gen;
+	pthread_mutex_unlock(&gp->lock);
+	return ok;
+}
+
 /* DEFER: what final will add that the view does not hold now (at most). */
 static uint64_t gp_held_bytes(struct dirty_source *src)
 {
@@ -543,6 +556,7 @@ static const struct dirty_source_ops gp_ops = {
 	.final = gp_final,
 	.destroy = gp_destroy,
 	.ready = gp_ready,
+	.healthy = gp_healthy,
 };
 
 /* DEFER: claims keep pinned pages back; final adds them. */
@@ -558,6 +572,7 @@ static const struct dirty_source_ops gp_defer_ops = {
 	.prepare_read = gp_prepare_read,
 	.ready = gp_ready,
 	.held_bytes = gp_held_bytes,
+	.healthy = gp_healthy,
 };
 
 static int create_region(struct dirty_gp *gp)

@@ -67,12 +67,31 @@ struct region_table {
 	struct region *r[];	/* sorted by gpa, non-overlapping */
 };
 
+struct cover_set {
+	size_t n;
+	struct dirty_range r[];
+};
+
 struct dirty_source {
 	struct dirty_view *view;
 	/* The caller's table, widened to this version (missing fields NULL). */
 	struct dirty_source_ops ops;
 	const struct dirty_source_ops *user_ops;	/* identity, as attached */
 	_Atomic(struct dirty_source *) hook_next;	/* view->hooks list */
+	struct dirty_source *coverer;	/* dirty_source_cover; under view->lock */
+	/*
+	 * The coverer's ranges, published (release) under view->lock and read
+	 * (acquire) by this source's marks inside a read section; a
+	 * replaced set is freed after a grace period.
+	 */
+	_Atomic(struct cover_set *) cover;
+	/*
+	 * Set at each round start from the coverer's health. Relaxed: it only
+	 * selects which of this source's marks count, and a mark racing with
+	 * a flip may go either way; both are safe (cover.c).
+	 */
+	_Atomic bool covered;
+	_Atomic uint64_t covered_pages;	/* relaxed: statistics only */
 	void *priv;
 	struct dirty_range *ranges;
 	size_t nranges;
@@ -121,12 +140,25 @@ uint64_t __dirty_merge_locked(struct dirty_view *view,
 			      uint64_t page_size, const void *bitmap,
 			      uint64_t nbits);
 
+/* 0, or -EINVAL with a message when a foreign bitmap's arguments are bad. */
+int __dirty_merge_check(uint64_t gpa, uint64_t page_size,
+			const void *bitmap, uint64_t nbits);
 /* Validate, then merge under a read section; *marked gets the page count. */
 int __dirty_merge_checked(struct dirty_view *view, uint64_t gpa,
 			  uint64_t page_size, const void *bitmap,
 			  uint64_t nbits, uint64_t *marked);
 
 double __dirty_now(void);
+
+/* cover.c: a covered source's marks, inside a read section; pages marked. */
+uint64_t __dirty_cover_mark(struct dirty_source *src, const struct region_table *t,
+			    uint64_t gpa, uint64_t len);
+uint64_t __dirty_cover_merge(struct dirty_source *src, const struct region_table *t,
+			     uint64_t gpa, uint64_t page_size, const void *bitmap,
+			     uint64_t nbits);
+/* With view->lock: judge every coverer (round start); forget a leaving one. */
+void __dirty_cover_round(struct dirty_view *view);
+void __dirty_cover_forget(struct dirty_source *src);
 
 /*
  * Run every prepare_read hook on runs[0 .. *n) (inside a read section);

@@ -98,11 +98,14 @@ DIRTY_API void dirty_source_detach(struct dirty_source *src)
 		/* No claimer is inside its hook once this returns. */
 		__dirty_rcu_synchronize();
 	}
+	__dirty_cover_forget(src);
 	if (src->started && src->ops.stop)
 		src->ops.stop(src);
 	pthread_mutex_unlock(&view->lock);
 	if (src->ops.destroy)
 		src->ops.destroy(src);
+	/* No mark of src runs any more: the caller is detaching it. */
+	free(atomic_load_explicit(&src->cover, memory_order_relaxed));
 	free(src->ranges);
 	free(src);
 }
@@ -121,12 +124,15 @@ DIRTY_API int dirty_source_mark(struct dirty_source *src, uint64_t gpa,
 				uint64_t len)
 {
 	struct dirty_view *view = src->view;
+	const struct region_table *t;
 	uint64_t n;
 
+
 	__dirty_rcu_lock();
-	n = __dirty_mark_locked(view, atomic_load_explicit(&view->table,
-							   memory_order_acquire),
-				gpa, len);
+	t = atomic_load_explicit(&view->table, memory_order_acquire);
+	n = atomic_load_explicit(&src->covered, memory_order_relaxed) ?
+		__dirty_cover_mark(src, t, gpa, len) :
+		__dirty_mark_locked(view, t, gpa, len);
 	__dirty_rcu_unlock();
 	atomic_fetch_add_explicit(&src->marked, n, memory_order_relaxed);
 	return 0;
@@ -143,8 +149,12 @@ DIRTY_API int dirty_source_mark_ranges(struct dirty_source *src,
 		return __dirty_err(-EINVAL, "dirty_source_mark_ranges: NULL ranges");
 	__dirty_rcu_lock();
 	t = atomic_load_explicit(&view->table, memory_order_acquire);
-	for (size_t i = 0; i < n; i++)
-		total += __dirty_mark_locked(view, t, ranges[i].gpa, ranges[i].len);
+	if (atomic_load_explicit(&src->covered, memory_order_relaxed))
+		for (size_t i = 0; i < n; i++)
+			total += __dirty_cover_mark(src, t, ranges[i].gpa, ranges[i].len);
+	else
+		for (size_t i = 0; i < n; i++)
+			total += __dirty_mark_locked(view, t, ranges[i].gpa, ranges[i].len);
 	__dirty_rcu_unlock();
 	atomic_fetch_add_explicit(&src->marked, total, memory_order_relaxed);
 	return 0;
@@ -155,9 +165,16 @@ DIRTY_API int dirty_source_merge_bitmap(struct dirty_source *src, uint64_t gpa,
 					uint64_t nbits)
 {
 	uint64_t n = 0;
-	int err = __dirty_merge_checked(src->view, gpa, page_size, bitmap,
-					nbits, &n);
+	int err;
 
+	if (!atomic_load_explicit(&src->covered, memory_order_relaxed)) {
+		err = __dirty_merge_checked(src->view, gpa, page_size, bitmap, nbits, &n);
+	} else if (!(err = __dirty_merge_check(gpa, page_size, bitmap, nbits))) {
+		__dirty_rcu_lock();
+		n = __dirty_cover_merge(src, atomic_load_explicit(&src->view->table,
+				memory_order_acquire), gpa, page_size, bitmap, nbits);
+		__dirty_rcu_unlock();
+	}
 	atomic_fetch_add_explicit(&src->marked, n, memory_order_relaxed);
 	return err;
 }
@@ -242,6 +259,8 @@ static int sync_round(struct dirty_view *view, bool final)
 	int first = 0;
 
 	pthread_mutex_lock(&view->lock);
+	/* Judged once per round, before any source marks (the final too). */
+	__dirty_cover_round(view);
 	for (struct dirty_source *s = view->sources; s; s = s->next) {
 		int (*fn)(struct dirty_source *) =
 			final && s->ops.final ? s->ops.final : s->ops.sync;
@@ -354,6 +373,7 @@ DIRTY_API int dirty_source_stats(struct dirty_source *src,
 	st->syncs = src->syncs;
 	st->errors = src->errors;
 	st->pages_marked = atomic_load_explicit(&src->marked, memory_order_relaxed);
+	st->pages_covered = atomic_load_explicit(&src->covered_pages, memory_order_relaxed);
 	st->last_sync_pages = src->last_sync_pages;
 	st->dirty_rate = src->rate;
 	st->last_error = src->last_error;

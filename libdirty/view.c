@@ -531,8 +531,8 @@ uint64_t __dirty_merge_locked(struct dirty_view *view,
 	return total;
 }
 
-static int check_merge_args(uint64_t gpa, uint64_t page_size,
-			    const void *bitmap, uint64_t nbits)
+int __dirty_merge_check(uint64_t gpa, uint64_t page_size,
+			const void *bitmap, uint64_t nbits)
 {
 	if (!is_pow2(page_size) || page_size < DIRTY_MIN_PAGE_SIZE)
 		return __dirty_err(-EINVAL, "bitmap page size %#llx must be a power of two >= 4 KiB",
@@ -553,7 +553,7 @@ int __dirty_merge_checked(struct dirty_view *view, uint64_t gpa,
 			  uint64_t page_size, const void *bitmap,
 			  uint64_t nbits, uint64_t *marked)
 {
-	int err = check_merge_args(gpa, page_size, bitmap, nbits);
+	int err = __dirty_merge_check(gpa, page_size, bitmap, nbits);
 
 	if (err)
 		return err;
