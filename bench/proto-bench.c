@@ -35,10 +35,12 @@
 #define RUN_BATCH 256
 #define NFRAC 3
 
-enum { C_OR, C_PROTO, C_UNMAP, C_MAPUNMAP, C_WRITE, C_WRITE_HOT, NCASE };
+enum { C_OR, C_PROTO, C_UNMAP, C_MAPUNMAP, C_MAPUNMAP_V, C_WRITE, C_WRITE_HOT, NCASE };
 static const char *const case_names[NCASE] = {
-	"atomic-or", "mark-proto", "unmap", "map+unmap", "dummy-write", "dummy-write-hot",
+	"atomic-or", "mark-proto", "unmap", "map+unmap", "map+unmap-v16", "dummy-write",
+	"dummy-write-hot",
 };
+#define VEC 16	/* pieces per vectored call: a scatter-gather list of single pages */
 static const char *const orders[2] = { "seq", "rand" };
 static const double fractions[NFRAC] = { 0.001, 0.01, 0.10 };
 static const char *const frac_labels[NFRAC] = { "0.1%", "1%", "10%" };
@@ -134,6 +136,17 @@ static int guest_rep(struct guest *G, int c, int o, double *ns_per_page)
 
 			if (!(err = dirty_guest_map(G->g, gpa, PAGE_SIZE, DIRTY_FROM_DEVICE)))
 				err = dirty_guest_unmap(G->g, gpa, PAGE_SIZE, DIRTY_FROM_DEVICE);
+		}
+	} else if (c == C_MAPUNMAP_V) {
+		struct dirty_dma_piece v[VEC];
+
+		for (uint64_t i = 0; i < n && !err; i += VEC) {
+			size_t k = n - i < VEC ? (size_t)(n - i) : VEC;
+
+			for (size_t j = 0; j < k; j++)
+				v[j] = (struct dirty_dma_piece){ (uint64_t)ix[i + j] << PAGE_SHIFT, PAGE_SIZE };
+			if (!(err = dirty_guest_map_v(G->g, v, k, DIRTY_FROM_DEVICE)))
+				err = dirty_guest_unmap_v(G->g, v, k, DIRTY_FROM_DEVICE);
 		}
 	} else {
 		for (uint64_t i = 0; i < n; i++)
@@ -245,6 +258,8 @@ static void usage(FILE *f)
 "                   of the region was mapped first, untimed\n"
 "  map+unmap        dirty_guest_map then _unmap of one page: a driver's cost\n"
 "                   per single-page DMA buffer, pin reference table included\n"
+"  map+unmap-v16    dirty_guest_map_v then _unmap_v of 16 single-page pieces\n"
+"                   (the same pages, in the same order): a scatter-gather list\n"
 "  dummy-write      volatile 8-byte store to the page's first word, its line\n"
 "                   flushed first (as after DMA); no hypervisor fault included\n"
 "  dummy-write-hot  the same store, line still cached\n"
@@ -315,6 +330,8 @@ static void print_results(const struct guest *G, const struct harvest *H, bool j
 	printf("full library path, x atomic OR (seq / rand): unmap %.1fx / %.1fx, map+unmap %.1fx / %.1fx\n",
 	       G->ns[C_UNMAP][0] / G->ns[C_OR][0], G->ns[C_UNMAP][1] / G->ns[C_OR][1],
 	       G->ns[C_MAPUNMAP][0] / G->ns[C_OR][0], G->ns[C_MAPUNMAP][1] / G->ns[C_OR][1]);
+	printf("vectored calls, per page, x single calls (seq / rand): %.2fx / %.2fx\n",
+	       G->ns[C_MAPUNMAP_V][0] / G->ns[C_MAPUNMAP][0], G->ns[C_MAPUNMAP_V][1] / G->ns[C_MAPUNMAP][1]);
 }
 
 int main(int argc, char **argv)

@@ -310,32 +310,81 @@ static bool tracking(struct dirty_guest *g)
 	       DIRTY_PROTO_HOST_TRACKING;
 }
 
-DIRTY_API int dirty_guest_map(struct dirty_guest *g, uint64_t gpa,
-			      uint64_t len, enum dirty_dma_dir dir)
+/* Pages [first, first + n) of one piece, once checked. */
+struct span {
+	uint64_t first, n;
+};
+
+/* Check every piece first: a list with a bad one changes nothing. */
+static int spans_of(struct dirty_guest *g, const struct dirty_dma_piece *pieces,
+		    size_t n, struct span *out)
 {
-	uint64_t first, n, i;
+	for (size_t i = 0; i < n; i++) {
+		int err = pages_of(g, pieces[i].gpa, pieces[i].len, &out[i].first, &out[i].n);
+
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/*
+ * Small lists (the single-range calls, typical scatter-gather lists) use
+ * the stack; long ones one allocation.
+ */
+#define STACK_SPANS 16
+
+static struct span *spans_alloc(struct span *stack, size_t n)
+{
+	return n <= STACK_SPANS ? stack : malloc(n * sizeof(struct span));
+}
+
+static void spans_free(struct span *stack, struct span *s)
+{
+	if (s != stack)
+		free(s);
+}
+
+DIRTY_API int dirty_guest_map_v(struct dirty_guest *g, const struct dirty_dma_piece *pieces,
+				size_t n, enum dirty_dma_dir dir)
+{
+	struct span stack[STACK_SPANS], *sp;
+	size_t k = 0;
+	uint64_t i = 0;
 	int err;
 
 	if (!dir_ok(dir))
 		return __dirty_err(-EINVAL, "dirty_guest_map: direction %d is not TO_DEVICE, FROM_DEVICE or BIDIRECTIONAL",
 				   (int)dir);
-	err = pages_of(g, gpa, len, &first, &n);
-	if (err)
+	if (n && !pieces)
+		return __dirty_err(-EINVAL, "dirty_guest_map_v: NULL pieces");
+	if (!(sp = spans_alloc(stack, n)))
+		return __dirty_err(-ENOMEM, "dirty_guest_map_v: out of memory for %zu pieces", n);
+	if ((err = spans_of(g, pieces, n, sp))) {
+		spans_free(stack, sp);
 		return err;
-	__dirty_rcu_lock();
-	for (i = 0; i < n; i++) {
-		err = pin_get(g, first + i);
-		if (err)
-			break;
 	}
+	__dirty_rcu_lock();
+	for (k = 0; k < n && !err; k++)
+		for (i = 0; i < sp[k].n && !err; i++)
+			err = pin_get(g, sp[k].first + i);
 	if (err) {
 		/* Undo, so a failed map leaves no reference behind. */
-		while (i--)
-			pin_put(g, first + i);
+		k--;
+		i--;
+		for (;;) {
+			while (i--)
+				pin_put(g, sp[k].first + i);
+			if (!k--)
+				break;
+			i = sp[k].n;
+		}
 	}
 	__dirty_rcu_unlock();
+	spans_free(stack, sp);
 	if (err)
-		return __dirty_err(err, "dirty_guest_map: out of memory for pin counts");
+		return __dirty_err(err, "dirty_guest_map: a page is mapped more than %u times",
+				   PIN_COUNT - 1);
 	return 0;
 }
 
@@ -347,49 +396,91 @@ static void dirty_if(struct dirty_guest *g, uint64_t first, uint64_t n,
 		dirty_proto_set_dirty_range(g->dirty, g->summary, first, n);
 }
 
-DIRTY_API int dirty_guest_unmap(struct dirty_guest *g, uint64_t gpa,
-				uint64_t len, enum dirty_dma_dir dir)
+DIRTY_API int dirty_guest_unmap_v(struct dirty_guest *g, const struct dirty_dma_piece *pieces,
+				  size_t n, enum dirty_dma_dir dir)
 {
-	uint64_t first, n, i, unmapped = 0;
+	struct span stack[STACK_SPANS], *sp;
+	uint64_t unmapped = 0, total = 0;
 	int err;
 
 	if (!dir_ok(dir))
 		return __dirty_err(-EINVAL, "dirty_guest_unmap: direction %d is not TO_DEVICE, FROM_DEVICE or BIDIRECTIONAL",
 				   (int)dir);
-	err = pages_of(g, gpa, len, &first, &n);
-	if (err)
+	if (n && !pieces)
+		return __dirty_err(-EINVAL, "dirty_guest_unmap_v: NULL pieces");
+	if (!(sp = spans_alloc(stack, n)))
+		return __dirty_err(-ENOMEM, "dirty_guest_unmap_v: out of memory for %zu pieces", n);
+	if ((err = spans_of(g, pieces, n, sp))) {
+		spans_free(stack, sp);
 		return err;
+	}
 	__dirty_rcu_lock();
 	/* Dirty (and summary) strictly before any pin bit is cleared. */
-	dirty_if(g, first, n, dir);
-	for (i = 0; i < n; i++)
-		if (pin_put(g, first + i))
-			unmapped++;
+	for (size_t k = 0; k < n; k++)
+		dirty_if(g, sp[k].first, sp[k].n, dir);
+	for (size_t k = 0; k < n; k++) {
+		total += sp[k].n;
+		for (uint64_t i = 0; i < sp[k].n; i++)
+			if (pin_put(g, sp[k].first + i))
+				unmapped++;
+	}
 	__dirty_rcu_unlock();
+	spans_free(stack, sp);
 	if (unmapped) {
 		count(&g->hdr->guest.bad_ranges);
-		return __dirty_err(-ENOENT, "dirty_guest_unmap: %llu of %llu pages at %#llx were not mapped",
-				   (unsigned long long)unmapped, (unsigned long long)n,
-				   (unsigned long long)gpa);
+		return __dirty_err(-ENOENT, "dirty_guest_unmap: %llu of %llu pages were not mapped",
+				   (unsigned long long)unmapped, (unsigned long long)total);
 	}
 	return 0;
+}
+
+DIRTY_API int dirty_guest_sync_for_cpu_v(struct dirty_guest *g,
+					 const struct dirty_dma_piece *pieces,
+					 size_t n, enum dirty_dma_dir dir)
+{
+	struct span stack[STACK_SPANS], *sp;
+	int err;
+
+	if (!dir_ok(dir))
+		return __dirty_err(-EINVAL, "dirty_guest_sync_for_cpu: bad direction %d", (int)dir);
+	if (n && !pieces)
+		return __dirty_err(-EINVAL, "dirty_guest_sync_for_cpu_v: NULL pieces");
+	if (!(sp = spans_alloc(stack, n)))
+		return __dirty_err(-ENOMEM, "dirty_guest_sync_for_cpu_v: out of memory for %zu pieces", n);
+	if ((err = spans_of(g, pieces, n, sp))) {
+		spans_free(stack, sp);
+		return err;
+	}
+	__dirty_rcu_lock();
+	for (size_t k = 0; k < n; k++)
+		dirty_if(g, sp[k].first, sp[k].n, dir);
+	__dirty_rcu_unlock();
+	spans_free(stack, sp);
+	return 0;
+}
+
+DIRTY_API int dirty_guest_map(struct dirty_guest *g, uint64_t gpa, uint64_t len,
+			      enum dirty_dma_dir dir)
+{
+	const struct dirty_dma_piece p = { gpa, len };
+
+	return dirty_guest_map_v(g, &p, 1, dir);
+}
+
+DIRTY_API int dirty_guest_unmap(struct dirty_guest *g, uint64_t gpa, uint64_t len,
+				enum dirty_dma_dir dir)
+{
+	const struct dirty_dma_piece p = { gpa, len };
+
+	return dirty_guest_unmap_v(g, &p, 1, dir);
 }
 
 DIRTY_API int dirty_guest_sync_for_cpu(struct dirty_guest *g, uint64_t gpa,
 				       uint64_t len, enum dirty_dma_dir dir)
 {
-	uint64_t first, n;
-	int err;
+	const struct dirty_dma_piece p = { gpa, len };
 
-	if (!dir_ok(dir))
-		return __dirty_err(-EINVAL, "dirty_guest_sync_for_cpu: bad direction %d", (int)dir);
-	err = pages_of(g, gpa, len, &first, &n);
-	if (err)
-		return err;
-	__dirty_rcu_lock();
-	dirty_if(g, first, n, dir);
-	__dirty_rcu_unlock();
-	return 0;
+	return dirty_guest_sync_for_cpu_v(g, &p, 1, dir);
 }
 
 DIRTY_API int dirty_guest_sync_for_device(struct dirty_guest *g, uint64_t gpa,

@@ -46,7 +46,7 @@ build() {
 # The counterexample as a list of steps, one line each, for a human.
 show_trail() {
   local name=$1; shift
-  echo "  shortest counterexample ($name; guest(g) is proc g+4):"
+  echo "  shortest counterexample ($name; guest(g) is proc g+5):"
   pan_cc=-DBFS build "$name-bfs" "$@" || return 0
   (cd "$tmp/$name-bfs" && ./pan >/dev/null 2>&1 || true
    spin $defs "$@" -t -p gproto.pml 2>&1 |
@@ -109,4 +109,6 @@ check broken-unpin-first     violation -DBROKEN_UNPIN_FIRST
 check broken-no-carry        violation -DBROKEN_NO_CARRY
 check broken-final-no-pinned violation -DBROKEN_FINAL_NO_PINNED
 check broken-pin-bit-first   violation -DPIN_GET=PIN_BIT_FIRST
+check broken-no-repass       violation -DBROKEN_NO_REPASS
+check broken-trust-final     violation -DBROKEN_TRUST_FINAL
 exit $fail

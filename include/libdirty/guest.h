@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -57,6 +58,38 @@ int dirty_guest_sync_for_cpu(struct dirty_guest *g, uint64_t gpa,
 			     uint64_t len, enum dirty_dma_dir dir);
 int dirty_guest_sync_for_device(struct dirty_guest *g, uint64_t gpa,
 				uint64_t len, enum dirty_dma_dir dir);
+
+/* One piece of a scattered buffer: guest-physical bytes, any alignment. */
+struct dirty_dma_piece {
+	uint64_t gpa;
+	uint64_t len;
+};
+
+/*
+ * The same calls over a scatter-gather list, in one call: every piece is
+ * checked against the region first, so a list with a bad piece changes
+ * nothing (-ERANGE); map is all or nothing; unmap sets the dirty bits of
+ * every piece before it clears any pin.
+ */
+int dirty_guest_map_v(struct dirty_guest *g, const struct dirty_dma_piece *pieces,
+		      size_t n, enum dirty_dma_dir dir);
+int dirty_guest_unmap_v(struct dirty_guest *g, const struct dirty_dma_piece *pieces,
+			size_t n, enum dirty_dma_dir dir);
+int dirty_guest_sync_for_cpu_v(struct dirty_guest *g, const struct dirty_dma_piece *pieces,
+			       size_t n, enum dirty_dma_dir dir);
+
+/*
+ * The guest-physical pieces of this process's [va, va + len), from
+ * /proc/self/pagemap, physically contiguous pages joined: what a
+ * userspace driver (VFIO, UIO) passes to the calls above. The buffer must
+ * stay resident while it is used, which DMA-mapping it (VFIO_IOMMU_MAP_DMA)
+ * or mlock() ensures. Returns the number of pieces; if that is more than
+ * max, only max were written: call again with more room. Errors: -EPERM
+ * when the kernel hides frame numbers (reading them needs CAP_SYS_ADMIN),
+ * -EFAULT when a page is not resident, -errno from pagemap.
+ */
+ssize_t dirty_guest_pieces(const void *va, size_t len,
+			   struct dirty_dma_piece *out, size_t max);
 
 /*
  * Heartbeat and handshake: bump the heartbeat and, if the host raised the

@@ -17,8 +17,11 @@
  * Invariants (a model kept beside the region; see the CHECKs):
  *  - every claimed run is page aligned and inside the covered range, and
  *    nothing is ever marked outside it (pages_outside stays 0);
- *  - health is exactly what the header says: unhealthy (sticky) once a
- *    host-checked field differed at a health check, healthy otherwise;
+ *  - trust is exactly what gp_trust.c's rules say, mirrored here step by
+ *    step: broken (sticky) once a host-owned field differed at a judgement;
+ *    trusted while tracking, sane guest words and the current generation
+ *    acknowledged; a loss raises the generation; every gain owes the whole
+ *    range (the new pass) to the drains;
  *  - dirty_gp_pinned/acked agree with the region and the range;
  *  - no lost page: a page the guest marked correctly (and did not erase
  *    itself), or that was marked in the view (and perhaps kept back by a
@@ -77,7 +80,7 @@ struct fz {
 	unsigned int gshift, ratio;	/* view pages per gp page */
 	unsigned int fallback;
 	uint64_t gen;			/* the host's tracking generation */
-	bool tracking, must_unhealthy;
+	bool tracking, broken, trusted;	/* the host's trust, mirrored */
 	uint64_t *owed_dirty;	/* gp pages: correct marks still in the region */
 	uint64_t *owed_view;	/* view pages the host owes a drain */
 	uint64_t *need, *seen;	/* view pages, for the final checks */
@@ -133,11 +136,10 @@ static void reconcile(struct fz *f, bool harvested)
 	}
 }
 
-/* What check_health() must object to right now (no timeouts in play). */
-static bool header_bad(struct fz *f)
+/* A host-owned header field differs from what the host last wrote. */
+static bool host_fields_bad(struct fz *f)
 {
 	const struct dirty_proto_header *h = f->hdr;
-	uint32_t state = h->guest.state;
 
 	return h->magic != DIRTY_PROTO_MAGIC || h->major != DIRTY_PROTO_MAJOR ||
 	       h->minor != DIRTY_PROTO_MINOR || h->header_size != DIRTY_PROTO_HEADER_SIZE ||
@@ -147,22 +149,54 @@ static bool header_bad(struct fz *f)
 	       h->summary_off != f->lay.summary_off || h->summary_len != f->lay.summary_len ||
 	       h->pin_off != f->lay.pin_off || h->pin_len != f->lay.pin_len ||
 	       h->host.track_gen != f->gen ||
-	       h->host.flags != (f->tracking ? DIRTY_PROTO_HOST_TRACKING : 0) ||
-	       (state == DIRTY_PROTO_GUEST_RUNNING && h->guest.major != DIRTY_PROTO_MAJOR) ||
-	       state > DIRTY_PROTO_GUEST_STOPPED;
+	       h->host.flags != (f->tracking ? DIRTY_PROTO_HOST_TRACKING : 0);
 }
 
-/* Call before every host call that judges health (sticky, like the host). */
+static bool guest_sane(struct fz *f)
+{
+	uint32_t state = f->hdr->guest.state;
+
+	return state <= DIRTY_PROTO_GUEST_STOPPED &&
+	       !(state == DIRTY_PROTO_GUEST_RUNNING && f->hdr->guest.major != DIRTY_PROTO_MAJOR);
+}
+
+/*
+ * gp_trust.c's __gp_judge, mirrored (no timeouts in play): call it right
+ * before every host call that judges (sync, final, health, acked, start).
+ */
 static void judge(struct fz *f)
 {
-	f->must_unhealthy |= header_bad(f);
+	bool sane, acked;
+
+	if (f->broken)
+		return;
+	if (host_fields_bad(f)) {
+		f->broken = true;
+		f->trusted = false;
+		return;
+	}
+	if (!f->tracking) {
+		f->trusted = false;
+		return;
+	}
+	sane = guest_sane(f);
+	acked = f->hdr->guest.ack_gen == f->gen;
+	if (f->trusted && !(sane && acked)) {
+		f->trusted = false;
+		f->gen++;		/* a loss raises a fresh generation */
+	} else if (!f->trusted && sane && acked) {
+		f->trusted = true;	/* a gain: the whole range, a new pass */
+		bits_set(f->owed_view, 0, f->vpages);
+	}
 }
 
 static void check_health(struct fz *f, struct dirty_gp_health *h)
 {
 	judge(f);
 	CHECK(dirty_gp_health(f->gp, h) == 0);
-	CHECK(h->healthy == !f->must_unhealthy);
+	CHECK(h->healthy == f->trusted);
+	CHECK((h->state == DIRTY_GP_BROKEN) == f->broken);
+	CHECK(h->generation == f->gen);
 	CHECK(memchr(h->reason, 0, sizeof(h->reason)) != NULL);
 	CHECK(h->healthy ? !h->reason[0] : !!h->reason[0]);
 	CHECK(h->guest_state == f->hdr->guest.state);
@@ -217,12 +251,11 @@ static void do_final(struct fz *f)
 				owe(f, f->need, pg, 1);
 		}
 	judge(f);
+	all = !f->trusted;	/* the final round's own judgement */
 	err = dirty_view_final(f->v);
 	reconcile(f, true);
+	CHECK(err == (all && f->fallback == DIRTY_GP_FALLBACK_ABORT ? -EHOSTDOWN : 0));
 	check_health(f, &h);
-	CHECK(err == (f->must_unhealthy && f->fallback == DIRTY_GP_FALLBACK_ABORT ?
-		      -EHOSTDOWN : 0));
-	all = err || (!h.healthy && f->fallback == DIRTY_GP_FALLBACK_ALL_DIRTY);
 	if (all) {
 		/* Every page was marked: the marks still in the region are covered. */
 		for (uint64_t w = 0; w < f->lay.dirty_words; w++)
@@ -344,9 +377,8 @@ static void step(struct fz *f)
 		check_health(f, &h);
 		break;
 	case OP_ACKED:
+		judge(f);
 		a = f->hdr->guest.ack_gen;
-		if (a != f->gen)
-			judge(f);
 		CHECK(dirty_gp_acked(f->gp) == (a == f->gen));
 		break;
 	case OP_PINNED:
@@ -370,6 +402,7 @@ static void step(struct fz *f)
 		CHECK(dirty_gp_track(f->gp, (int)a) == 0);
 		f->gen++;
 		f->tracking = a;
+		f->trusted = false;	/* a new generation is acknowledged anew */
 		break;
 	case OP_FINAL:
 		do_final(f);
@@ -428,9 +461,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	f.pin = (uint64_t *)(f.map + f.lay.pin_off);
 	CHECK(dirty_claim_new(f.v, &f.cl) == 0);
 	if (cfg & 4) {
-		CHECK(dirty_view_start(f.v) == 0);	/* raises the generation */
+		CHECK(dirty_view_start(f.v) == 0);	/* raises the generation, then judges */
 		f.gen = 1;
 		f.tracking = true;
+		judge(&f);
 	}
 
 	while (f.left)

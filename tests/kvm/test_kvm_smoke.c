@@ -307,6 +307,17 @@ START_TEST(proto_end_to_end)
 	pthread_join(t, NULL);
 	ck_assert_int_eq(st.rc, 0);
 	ck_assert_int_eq(dirty_gp_acked(gp), 1);
+	/* Trust gained marks the protocol's range: the first pass, drained. */
+	{
+		uint64_t first = 0;
+
+		ck_assert_int_eq(dirty_claim_new(view, &cl), 0);
+		while ((k = dirty_claim_next(cl, runs, 64)) > 0)
+			for (ssize_t j = 0; j < k; j++)
+				first += runs[j].len;
+		dirty_claim_free(cl);
+		ck_assert_uint_eq(first, RAM_SIZE);
+	}
 
 	proto_cmd(&r, PAYLOAD_CMD_PROTO_MAP, rx, (uint32_t)nrx, PAYLOAD_DIR_FROM_DEVICE);
 	ck_assert_uint_eq(r.vcpu->cmd->result, 0);	/* no pin was already set */

@@ -24,11 +24,19 @@
  *       logged nowhere: that is the point of the protocol.
  *   cpu  writes P any number of times until vCPU stop; each write sets
  *       cpulog, an always-correct stand-in for KVM's dirty log.
+ *   outage  the guest's agent goes silent (a crash, a reboot) and comes
+ *       back, any number of times until vCPU stop. While it is down the
+ *       device may write P with nothing reported at all (a rebooting
+ *       guest's devices, drivers that no longer speak the protocol). It
+ *       comes back (acknowledging the fresh generation) only after the host
+ *       saw it silent: a silence shorter than the heartbeat timeout is not
+ *       seen, and none of that sort can hide a write (the tracking flag
+ *       stays on in the region; see gp_trust.c).
  *   host policy SEND or DEFER (chosen nondeterministically); the view starts
  *       with P (the first full pass); any number of pre-copy rounds, each a
- *       sync (KVM log, then the guest protocol source) and a claim+send;
- *       then device stop and vCPU stop in either order; then the final
- *       round; then the assert.
+ *       sync (KVM log, then the guest protocol source: its trust judgement,
+ *       then its bits) and a claim+send; then device stop and vCPU stop in
+ *       either order; then the final round; then the assert.
  *
  * Which C each step is (by function)
  *   dirty_if       guest-agent/guest.c dirty_if -> proto.h
@@ -39,14 +47,19 @@
  *   pin_put        guest.c pin_put; its unpin is dirty_proto_unpin
  *   unmap          guest.c dirty_guest_unmap: dirty_if, then pin_put
  *   sync_for_cpu   guest.c dirty_guest_sync_for_cpu: dirty_if
- *   harvest        libdirty/gproto.c harvest: LDX+XCHG of the summary
+ *   harvest        libdirty/gp_harvest.c harvest: LDX+XCHG of the summary
  *                  word, then LDX+XCHG of the dirty word; at final every
  *                  dirty word
- *   mark_pinned    gproto.c mark_pinned, from gp_sync_common at final and
+ *   mark_pinned    gp_harvest.c mark_pinned, from sync_common at final and
  *                  in every round under SEND
- *   release_carried gproto.c release_carried: one LDA of the pin word
+ *   release_carried gp_harvest.c release_carried: one LDA of the pin word
+ *   judge          gp_trust.c __gp_judge at each sync and at final: a silent
+ *                  agent ends trust (and raises a fresh generation); an
+ *                  acknowledgement of it brings trust back and marks the
+ *                  whole range (view = 1, a new first pass); at final an
+ *                  untrusted guest gets the fallback (ALL_DIRTY: view = 1)
  *   claim          the migration's claim from the view; under DEFER the
- *                  claim's prepare_read (gproto.c gp_prepare_read) reads the
+ *                  claim's prepare_read (gp_harvest.c __gp_prepare_read) reads the
  *                  pin word (one LDA) and, if set, keeps the page back in
  *                  the carried set instead of handing it out, as
  *                  tests/test_gproto.c defer_claims_keep_pinned_back checks
@@ -92,8 +105,10 @@
  *    check. (The model was first written for a hash table of nodes, where
  *    the same states are "linked with count 0" and "dying".)
  *  - Out of scope: the tracking handshake (on and acknowledged before the
- *    first pass, as the API requires), health and the unhealthy fallback,
- *    a lying guest (DESIGN section 3: it only hurts itself).
+ *    first pass: dirty_view_start waits for it; a late first one is an
+ *    outage that ends), header corruption (fatal until the host rewrites
+ *    it: untrusted at final), a lying guest (DESIGN section 3: it only
+ *    hurts itself).
  *
  * Variants: spin -D<NAME>[=<value>] -a tests/model/gproto.pml
  *   PIN_GET=PIN_LINK_FIRST  (default) pin_get as guest.c does it: link the
@@ -106,6 +121,11 @@
  *                       carrying it (a TO_DEVICE unmap never dirties, so a
  *                       CPU write made while pinned is lost)
  *   BROKEN_FINAL_NO_PINNED  the final round does not add pinned pages
+ *   BROKEN_NO_REPASS    trust comes back without marking the range: a write
+ *                       made while the guest was down and P already sent is
+ *                       lost
+ *   BROKEN_TRUST_FINAL  the final round trusts a guest that is not trusted
+ *                       (no fallback)
  *   MULTI_CLIENT        each thread is its own guest client (its own
  *                       dirty_guest and pin table; one shared pin bitmap)
  *   NG=<n>              n guest threads (default 2)
@@ -158,6 +178,8 @@
 bool behind;		/* destination != content (see "Content") */
 bool cpulog;		/* KVM's dirty log */
 bool dstop, vstop;	/* device stopped; vCPUs stopped */
+bool down;		/* the guest's agent is silent (crashed, rebooting) */
+bool seen_down;		/* the host judged it silent since it went down */
 
 /* ---- the shared region: P's bits --------------------------------------- */
 bool dirty;		/* in dirty word w */
@@ -197,45 +219,49 @@ inline end_dma(g)
 inline set_summary()
 {
 	if
-	:: summ -> skip				/* proto.h:175 */
-	:: else -> summ = 1			/* proto.h:176; the host may exchange in between */
+	:: summ -> skip				/* the load saw the bit set */
+	:: else -> summ = 1			/* the fetch_or; the host may exchange in between */
 	fi
 }
 
-/* dirty_if (guest.c:361) for g's mapping; its first step ends the window. */
+/* dirty_if (guest.c) for g's mapping; its first step ends the window. */
 inline dirty_if(g)
 {
 	if
-	:: atomic { gdir[g] == FROM_DEV -> end_dma(g); dirty = 1 } ->	/* proto.h:174 */
+	:: atomic { gdir[g] == FROM_DEV -> end_dma(g); dirty = 1 } ->	/* fetch_or of the dirty word */
 		set_summary()
 	:: else
 	fi
 }
 
 #if PIN_GET == PIN_BIT_FIRST
-/* pin_get (guest.c:255) as implemented: set the bit, then link the node. */
+/*
+ * pin_get as first written (with a hash table of nodes; the count word
+ * has the same states): set the bit, then link the node. Broken; kept as
+ * the variant the model must reject.
+ */
 inline pin_get(g)
 {
-	do							/* guest.c:260 */
-	:: atomic { present[C(g)] && cnt[C(g)] > 0 -> cnt[C(g)]++ } ->	/* :261-266 */
+	do
+	:: atomic { present[C(g)] && cnt[C(g)] > 0 -> cnt[C(g)]++ } ->	/* a reference */
 		atomic {
 			if
-			:: myowned -> owned[C(g)] = 1		/* :267-268 */
+			:: myowned -> owned[C(g)] = 1
 			:: else
 			fi;
 			map_returns(g)
 		}
 		break
-	:: !present[C(g)] ->					/* :261-262 */
-		atomic { myowned = myowned || !pin; pin = 1 }	/* :278-279 */
-		if						/* :290 add_unique */
+	:: !present[C(g)] ->					/* the lookup missed */
+		atomic { myowned = myowned || !pin; pin = 1 }	/* dirty_proto_pin */
+		if						/* add_unique */
 		:: atomic { !present[C(g)] ->
 			present[C(g)] = 1; cnt[C(g)] = 1; owned[C(g)] = myowned;
 			map_returns(g) }
 			break
 		:: present[C(g)]				/* lost the race: retry */
 		fi
-	/* present && cnt == 0, dying: blocked until unlinked (:273-275) */
+	/* present && cnt == 0, dying: blocked until unlinked */
 	od
 }
 #elif PIN_GET == PIN_LINK_FIRST
@@ -266,22 +292,22 @@ inline pin_get(g)
 #endif
 
 /*
- * pin_put (guest.c:299): the last reference clears the bit if this client
+ * pin_put (guest.c): the last reference clears the bit if this client
  * set it, then unlinks. Its first step can be unmap's first (TO_DEVICE, or
  * BROKEN_UNPIN_FIRST), so it ends the device's window too.
  */
 inline pin_put(g)
 {
-	if							/* guest.c:306-312 */
+	if							/* 1 -> BUSY, or a decrement */
 	:: atomic { cnt[C(g)] > 1 -> end_dma(g); cnt[C(g)]--; gdir[g] = 0; myowned = 0 }
 	:: atomic { cnt[C(g)] == 1 -> end_dma(g); cnt[C(g)] = 0 } ->
 		atomic {	/* owned is stable: joiners stored it before their map returned */
 			if
-			:: owned[C(g)] -> pin = 0		/* :313-314 */
-			:: else					/* :316 */
+			:: owned[C(g)] -> pin = 0		/* dirty_proto_unpin */
+			:: else					/* another client's pin: left set */
 			fi
 		}
-		d_step { present[C(g)] = 0; owned[C(g)] = 0; gdir[g] = 0; myowned = 0 }	/* :318 */
+		d_step { present[C(g)] = 0; owned[C(g)] = 0; gdir[g] = 0; myowned = 0 }	/* publish 0 */
 	fi
 }
 
@@ -297,8 +323,8 @@ proctype guest(byte g)
 		:: dirty_if(g)			/* dirty_guest_sync_for_cpu */
 		fi;
 #ifndef BROKEN_UNPIN_FIRST
-		dirty_if(g);			/* dirty_guest_unmap: guest.c:382 first */
-		pin_put(g)			/* :383-385 */
+		dirty_if(g);			/* dirty_guest_unmap: dirty first */
+		pin_put(g)			/* then unpin */
 #else
 		pin_put(g);
 		dirty_if(g)
@@ -311,7 +337,18 @@ proctype device()
 {
 	do
 	:: atomic { !dstop && ndma > 0 -> behind = 1 }	/* a DMA write to P */
+	:: atomic { !dstop && down -> behind = 1 }	/* unreported: the guest is down */
 	:: dstop -> break
+	od
+}
+
+/* The agent goes silent and comes back, any number of times. */
+proctype outage()
+{
+	do
+	:: atomic { !vstop && !down -> down = 1 }
+	:: atomic { down && seen_down -> down = 0; seen_down = 0 }	/* acks the fresh gen */
+	:: vstop -> break
 	od
 }
 
@@ -326,14 +363,39 @@ proctype cpu()
 /* ---- host ------------------------------------------------------------------ */
 
 #ifndef BROKEN_FINAL_NO_PINNED
-#define FINAL_PIN pin		/* gp_sync_common(final) calls mark_pinned, gproto.c:315 */
+#define FINAL_PIN pin		/* sync_common(final) calls mark_pinned */
 #else
 #define FINAL_PIN 0
 #endif
 
+#ifndef BROKEN_NO_REPASS
+#define REPASS 1		/* trust gained marks the whole range */
+#else
+#define REPASS 0
+#endif
+
+#ifndef BROKEN_TRUST_FINAL
+#define FALLBACK (!trusted)	/* untrusted at final: ALL_DIRTY marks the range */
+#else
+#define FALLBACK 0
+#endif
+
+/* __gp_judge: silence ends trust; the fresh acknowledgement brings it back. */
+inline judge()
+{
+	d_step {
+		if
+		:: down -> trusted = 0; seen_down = 1
+		:: !down && !trusted -> trusted = 1; view = view || REPASS
+		:: else
+		fi
+	}
+}
+
 proctype host()
 {
 	bool view, carried, policy;
+	bool trusted = 1;	/* dirty_view_start waited for the acknowledgement */
 
 	if
 	:: policy = SEND
@@ -343,24 +405,25 @@ proctype host()
 	do
 	:: /* a pre-copy round: dirty_view_sync, then the claim */
 		d_step { view = view || cpulog; cpulog = 0 }	/* the KVM source */
-		/* gp_sync_common(final = false), gproto.c:295 */
+		/* sync_common(final = false): judge, then the bits */
+		judge();
 		if
-		:: summ ->				/* harvest: gproto.c:191 LDX */
-			summ = 0;			/* :193 XCHG (only the host clears: it returns 1) */
+		:: summ ->				/* harvest: LDX of the summary word */
+			summ = 0;			/* its XCHG (only the host clears: it returns 1) */
 			if
-			:: dirty ->			/* :202 LDX */
-				d_step { view = view || dirty; dirty = 0 }	/* :202 XCHG, flush_chunk */
+			:: dirty ->			/* LDX of the dirty word */
+				d_step { view = view || dirty; dirty = 0 }	/* its XCHG, flush_chunk */
 			:: else
 			fi
 		:: else
 		fi;
 		if
 		:: policy == SEND ->
-			d_step { view = view || pin }	/* mark_pinned, gproto.c:315 */
+			d_step { view = view || pin }	/* mark_pinned */
 		:: else
 		fi;
 		if
-		:: carried ->				/* release_carried, gproto.c:276 */
+		:: carried ->				/* release_carried */
 			d_step { view = view || !pin; carried = pin }
 		:: else
 		fi;
@@ -385,11 +448,13 @@ proctype host()
 	fi;
 	/*
 	 * The final round, alone now: dirty_view_final (the KVM log, then
-	 * gp_sync_common(final = true): every dirty word, mark_pinned,
-	 * release_carried(all)), then claim and send.
+	 * sync_common(final = true): judge; untrusted -> the fallback; else
+	 * every dirty word, mark_pinned, release_carried(all)), then claim and
+	 * send.
 	 */
+	judge();
 	d_step {
-		view = view || cpulog || dirty || carried || FINAL_PIN;
+		view = view || cpulog || dirty || carried || FINAL_PIN || FALLBACK;
 		if :: view -> behind = 0 :: else fi
 	}
 	assert(!behind)
@@ -404,6 +469,7 @@ init
 		run host();
 		run cpu();
 		run device();
+		run outage();
 		do
 		:: i < NG -> run guest(i); i++
 		:: else -> break
