@@ -210,7 +210,7 @@ DIRTY_API int dirty_migrate(struct dirty_view *view,
 	goto out;
 fail:
 	{
-		char why[200];
+		char why[400];
 
 		snprintf(why, sizeof(why), "%s", dirty_last_error());
 		/* Nothing is lost: unsent claims back, unacknowledged sends again. */

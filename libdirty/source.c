@@ -273,7 +273,7 @@ static int sync_round(struct dirty_view *view, bool final)
 		if (err > 0)
 			err = -EPROTO;	/* a positive return breaks the contract */
 		if (err < 0) {
-			char why[200];
+			char why[400];
 
 			snprintf(why, sizeof(why), "%s", *dirty_last_error() ?
 				 dirty_last_error() : strerror(-err));
@@ -347,7 +347,7 @@ int __dirty_prepare_read(struct dirty_view *view, struct dirty_run *runs,
 		if (err > 0 || *n > max)
 			err = -EPROTO;	/* the contract is broken: trust nothing */
 		if (err < 0) {
-			char why[200];
+			char why[400];
 
 			snprintf(why, sizeof(why), "%s", *dirty_last_error() ?
 				 dirty_last_error() : strerror(-err));

@@ -13,7 +13,7 @@
 
 #include "internal.h"
 
-static _Thread_local char errbuf[256];
+static _Thread_local char errbuf[512];
 
 int __dirty_err(int err, const char *fmt, ...)
 {

@@ -17,6 +17,14 @@
 # The guest programs run inside the guest: built without sanitizers, with
 # nothing from the host build linked in. They use the installed (6.1) uapi
 # headers only. Under SAN=asan|tsan the VM tests skip.
+#
+# Every guest program may use libdirty itself in the guest (the guest
+# plays the VMM, or runs the guest library): they link
+# $(VM_OUT)/lib/libdirty-vm.a, the library's sources ($(LIB_SRCS) of the
+# top Makefile) compiled here with the guest's flags, never the host's
+# possibly sanitized objects; plus liburcu-bp, a shared library
+# mkinitramfs.sh copies into the guest. A program that uses none of it
+# pulls nothing from the archive.
 
 VM_OUT := $(BUILD)/tests/vm
 VM_KERNELS := 6.1 6.12
@@ -30,6 +38,9 @@ VM_GUEST_HDRS := $(wildcard tests/vm/guest/*.h) tests/vm/mdev/ldtest-regs.h
 VM_GUEST_SRCS := $(filter-out $(VM_GUEST_LIB_SRCS),$(wildcard tests/vm/guest/*.c))
 VM_GUEST_BINS := $(patsubst tests/vm/guest/%.c,$(VM_OUT)/%,$(VM_GUEST_SRCS))
 VM_TEST_SCRIPTS := $(wildcard tests/vm/t_vm_*.sh)
+VM_LIBDIRTY_BINS := $(VM_GUEST_BINS)
+VM_LIBDIRTY_OBJS := $(patsubst %.c,$(VM_OUT)/libdirty-obj/%.o,$(LIB_SRCS))
+VM_LIBDIRTY_AR := $(VM_OUT)/lib/libdirty-vm.a
 VM_INITRDS := $(patsubst %,$(VM_OUT)/initramfs-%.cpio.gz,$(VM_KERNELS))
 
 .PHONY: vm-guest vm-fetch vm-initramfs vm-mdev check-vm
@@ -40,9 +51,19 @@ $(VM_GUEST_LIB_OBJS): $(VM_OUT)/%.o: tests/vm/guest/%.c $(VM_GUEST_HDRS)
 	@mkdir -p $(@D)
 	$(VM_GUEST_CC) $(VM_GUEST_CFLAGS) -c -o $@ $<
 
-$(VM_GUEST_BINS): $(VM_OUT)/%: tests/vm/guest/%.c $(VM_GUEST_LIB_OBJS) $(VM_GUEST_HDRS)
+$(VM_LIBDIRTY_OBJS): $(VM_OUT)/libdirty-obj/%.o: %.c $(LIB_HDRS) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(VM_GUEST_CC) $(VM_GUEST_CFLAGS) -o $@ $< $(VM_GUEST_LIB_OBJS)
+	$(VM_GUEST_CC) $(VM_GUEST_CFLAGS) -Ilibdirty -fvisibility=hidden \
+	  -DLIBDIRTY_VERSION_STRING='"$(VERSION)"' -c -o $@ $<
+
+$(VM_LIBDIRTY_AR): $(VM_LIBDIRTY_OBJS)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+$(VM_LIBDIRTY_BINS): $(VM_OUT)/%: tests/vm/guest/%.c $(VM_GUEST_LIB_OBJS) $(VM_GUEST_HDRS) $(VM_LIBDIRTY_AR) $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(VM_GUEST_CC) $(VM_GUEST_CFLAGS) -o $@ $< $(VM_GUEST_LIB_OBJS) $(VM_LIBDIRTY_AR) \
+	  $$(pkg-config --libs liburcu-bp) -pthread
 
 vm-fetch:
 	tests/vm/fetch.sh
