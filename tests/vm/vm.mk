@@ -42,10 +42,18 @@ VM_LIBDIRTY_BINS := $(VM_GUEST_BINS)
 VM_LIBDIRTY_OBJS := $(patsubst %.c,$(VM_OUT)/libdirty-obj/%.o,$(LIB_SRCS))
 VM_LIBDIRTY_AR := $(VM_OUT)/lib/libdirty-vm.a
 VM_INITRDS := $(patsubst %,$(VM_OUT)/initramfs-%.cpio.gz,$(VM_KERNELS))
+# Host-side halves of tier tests (tests/vm/host/*.c): they run on this host,
+# outside QEMU, against the region file QEMU maps, with the host library.
+VM_HOST_SRCS := $(wildcard tests/vm/host/*.c)
+VM_HOST_BINS := $(patsubst tests/vm/host/%.c,$(VM_OUT)/host/%,$(VM_HOST_SRCS))
 
 .PHONY: vm-guest vm-fetch vm-initramfs vm-mdev check-vm
-vm-guest: $(VM_GUEST_BINS)
-tests: $(VM_GUEST_BINS)
+vm-guest: $(VM_GUEST_BINS) $(VM_HOST_BINS)
+tests: $(VM_GUEST_BINS) $(VM_HOST_BINS)
+
+$(VM_HOST_BINS): $(VM_OUT)/host/%: tests/vm/host/%.c $(ARLIB) $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests -o $@ $< $(ARLIB) $(LIB_LIBS)
 
 $(VM_GUEST_LIB_OBJS): $(VM_OUT)/%.o: tests/vm/guest/%.c $(VM_GUEST_HDRS)
 	@mkdir -p $(@D)
@@ -80,5 +88,5 @@ $(VM_INITRDS): $(VM_OUT)/initramfs-%.cpio.gz: $(VM_GUEST_BINS) tests/vm/mkinitra
 	tests/vm/mkinitramfs.sh --kernel $* --out $@ $(VM_GUEST_BINS)
 
 # Each boot is ~3-5 s of a TCG guest; the whole tier stays under 3 minutes.
-check-vm: $(VM_GUEST_BINS)
+check-vm: $(VM_GUEST_BINS) $(VM_HOST_BINS)
 	@BUILD=$(BUILD) SAN=$(SAN) CC="$(CC)" TEST_TIMEOUT=$${TEST_TIMEOUT:-300} tests/run-tests.sh $(VM_TEST_SCRIPTS)
