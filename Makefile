@@ -46,9 +46,10 @@ URCU_LIBS  = $$(pkg-config --libs liburcu-bp)
 CHECK_LIBS = $$(pkg-config --libs check)
 LIB_LIBS   = $(URCU_LIBS) -pthread
 
-LIB_SRCS := $(wildcard libdirty/*.c) $(wildcard hv-adapters/*.c) $(wildcard guest-agent/guest*.c)
+LIB_SRCS := $(wildcard libdirty/*.c) $(wildcard hv-adapters/*.c) $(wildcard migrate/*.c) \
+	$(wildcard guest-agent/guest*.c)
 LIB_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS))
-LIB_HDRS := $(wildcard include/*.h include/libdirty/*.h libdirty/*.h)
+LIB_HDRS := $(wildcard include/*.h include/libdirty/*.h libdirty/*.h hv-adapters/*.h)
 
 SONAME   := libdirty.so.$(VERSION_MAJOR)
 SOLIB    := $(BUILD)/lib/libdirty.so.$(VERSION)

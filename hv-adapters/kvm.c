@@ -15,6 +15,8 @@
  * slot dirty before the error is returned, so nothing reads as clean.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -23,7 +25,7 @@
 #include <unistd.h>
 
 #include "compat.h"
-#include "internal.h"
+#include "core.h"
 
 #define KVM_PAGE 4096ull
 

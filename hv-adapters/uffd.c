@@ -37,6 +37,8 @@
  * range dirty before the error is returned, so nothing reads as clean.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,7 +49,7 @@
 #include <unistd.h>
 
 #include "compat.h"
-#include "internal.h"
+#include "core.h"
 
 #define UFFD_PAGE 4096ull
 #define UFFD_VEC_LEN 4096	/* output runs per PAGEMAP_SCAN call */

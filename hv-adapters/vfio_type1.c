@@ -25,6 +25,8 @@
  * the order view->lock -> t->lock is the only one.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +36,7 @@
 
 #include <libdirty/vfio.h>
 
-#include "internal.h"
+#include "core.h"
 
 /* Guest-physical runs gathered before one dirty_source_mark_ranges(). */
 #define RUN_BATCH 256

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * internal.h - what libdirty's own files share: export macro, error
- * messages, the RCU wrappers, the view and region layout.
- * Nothing here is installed.
+ * internal.h - what the core's own files (libdirty/) share: the RCU
+ * wrappers, the view, region and source layout, and the core's internal
+ * calls. The rest of the library sees core.h only. Nothing here is
+ * installed.
  */
 #ifndef LIBDIRTY_INTERNAL_H
 #define LIBDIRTY_INTERNAL_H
@@ -13,16 +14,8 @@
 #include <stdint.h>
 #include <urcu/urcu-bp.h>
 
-#include "libdirty.h"
+#include "core.h"
 #include "hbm.h"
-
-#define DIRTY_API __attribute__((visibility("default")))
-
-#define DIRTY_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
-
-/* Record a message for dirty_last_error() and return err (a -errno). */
-int __dirty_err(int err, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
 
 /*
  * RCU. urcu-bp registers threads on first use, so callers of a library
@@ -124,6 +117,13 @@ struct dirty_view {
 	_Atomic uint64_t pages_outside;	/* relaxed: statistics only */
 };
 
+static inline bool __dirty_is_pow2(uint64_t v)
+{
+	return v && !(v & (v - 1));
+}
+
+/* table.c. Publish a new table (with view->lock) and free the old one. */
+void __dirty_table_replace(struct dirty_view *view, struct region_table *nt);
 /* Region containing gpa in t, or NULL. */
 struct region *__dirty_table_find(const struct region_table *t, uint64_t gpa);
 /* Index of the first region whose end is above gpa (t->n if none). */
@@ -131,6 +131,8 @@ size_t __dirty_table_lower(const struct region_table *t, uint64_t gpa);
 /* Region by id (NULL if removed). Call inside an RCU read section. */
 struct region *__dirty_table_by_id(const struct region_table *t, uint64_t id);
 
+/* mark.c. Count bytes marked in no region, for the view's statistics. */
+void __dirty_count_outside(struct dirty_view *view, uint64_t bytes);
 /* Mark [gpa, gpa + len) in table t (inside a read section); returns pages marked. */
 uint64_t __dirty_mark_locked(struct dirty_view *view,
 			     const struct region_table *t, uint64_t gpa,
@@ -147,8 +149,6 @@ int __dirty_merge_check(uint64_t gpa, uint64_t page_size,
 int __dirty_merge_checked(struct dirty_view *view, uint64_t gpa,
 			  uint64_t page_size, const void *bitmap,
 			  uint64_t nbits, uint64_t *marked);
-
-double __dirty_now(void);
 
 /* cover.c: a covered source's marks, inside a read section; pages marked. */
 uint64_t __dirty_cover_mark(struct dirty_source *src, const struct region_table *t,

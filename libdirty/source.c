@@ -110,6 +110,17 @@ DIRTY_API void dirty_source_detach(struct dirty_source *src)
 	free(src);
 }
 
+bool __dirty_source_has_ops(const struct dirty_source *src,
+			    const struct dirty_source_ops *ops)
+{
+	return src->user_ops == ops;
+}
+
+const char *__dirty_source_name(const struct dirty_source *src)
+{
+	return src->ops.name ? src->ops.name : "?";
+}
+
 DIRTY_API void *dirty_source_priv(const struct dirty_source *src)
 {
 	return src->priv;

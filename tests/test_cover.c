@@ -7,7 +7,7 @@
  *   precise  a test source with the guest protocol's contract: it marks
  *            the pages its "guest" reported, says whether it is healthy,
  *            and on becoming healthy again marks its whole range (a new
- *            first pass), as libdirty/gproto.c does.
+ *            first pass), as hv-adapters/gproto_trust.c does.
  *   coarse   VFIO type1 as it behaves without a vIOMMU: every page of its
  *            range dirty at every sync and final.
  *

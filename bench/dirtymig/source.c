@@ -4,7 +4,7 @@
  * dirty_migrate() drives (send pages into the stream, end a round and
  * wait for the ACK, stop the NIC, stop the vCPUs and driver, resume),
  * the live progress line, and the page-by-page comparison afterwards.
- * The rounds themselves are libdirty's (libdirty/migrate.c), not ours.
+ * The rounds themselves are libdirty's (migrate/migrate.c), not ours.
  */
 #include <errno.h>
 #include <inttypes.h>

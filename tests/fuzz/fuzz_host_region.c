@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * fuzz_host_region.c - libFuzzer target: the host side of the guest bitmap
- * protocol (libdirty/gproto.c) reading a region a hostile guest writes.
+ * protocol (hv-adapters/gproto*.c) reading a region a hostile guest writes.
  *
  * Per input: a view with one region and a dirty_gp covering it (memfd);
  * this file maps the region itself (MAP_SHARED) and plays the guest. The
@@ -17,7 +17,7 @@
  * Invariants (a model kept beside the region; see the CHECKs):
  *  - every claimed run is page aligned and inside the covered range, and
  *    nothing is ever marked outside it (pages_outside stays 0);
- *  - trust is exactly what gp_trust.c's rules say, mirrored here step by
+ *  - trust is exactly what gproto_trust.c's rules say, mirrored here step by
  *    step: broken (sticky) once a host-owned field differed at a judgement;
  *    trusted while tracking, sane guest words and the current generation
  *    acknowledged; a loss raises the generation; every gain owes the whole
@@ -161,7 +161,7 @@ static bool guest_sane(struct fz *f)
 }
 
 /*
- * gp_trust.c's __gp_judge, mirrored (no timeouts in play): call it right
+ * gproto_trust.c's __gp_judge, mirrored (no timeouts in play): call it right
  * before every host call that judges (sync, final, health, acked, start).
  */
 static void judge(struct fz *f)

@@ -31,7 +31,7 @@
  *       comes back (acknowledging the fresh generation) only after the host
  *       saw it silent: a silence shorter than the heartbeat timeout is not
  *       seen, and none of that sort can hide a write (the tracking flag
- *       stays on in the region; see gp_trust.c).
+ *       stays on in the region; see gproto_trust.c).
  *   host policy SEND or DEFER (chosen nondeterministically); the view starts
  *       with P (the first full pass); any number of pre-copy rounds, each a
  *       sync (KVM log, then the guest protocol source: its trust judgement,
@@ -47,19 +47,19 @@
  *   pin_put        guest.c pin_put; its unpin is dirty_proto_unpin
  *   unmap          guest.c dirty_guest_unmap: dirty_if, then pin_put
  *   sync_for_cpu   guest.c dirty_guest_sync_for_cpu: dirty_if
- *   harvest        libdirty/gp_harvest.c harvest: LDX+XCHG of the summary
+ *   harvest        hv-adapters/gproto_harvest.c harvest: LDX+XCHG of the summary
  *                  word, then LDX+XCHG of the dirty word; at final every
  *                  dirty word
- *   mark_pinned    gp_harvest.c mark_pinned, from sync_common at final and
+ *   mark_pinned    gproto_harvest.c mark_pinned, from sync_common at final and
  *                  in every round under SEND
- *   release_carried gp_harvest.c release_carried: one LDA of the pin word
- *   judge          gp_trust.c __gp_judge at each sync and at final: a silent
+ *   release_carried gproto_harvest.c release_carried: one LDA of the pin word
+ *   judge          gproto_trust.c __gp_judge at each sync and at final: a silent
  *                  agent ends trust (and raises a fresh generation); an
  *                  acknowledgement of it brings trust back and marks the
  *                  whole range (view = 1, a new first pass); at final an
  *                  untrusted guest gets the fallback (ALL_DIRTY: view = 1)
  *   claim          the migration's claim from the view; under DEFER the
- *                  claim's prepare_read (gp_harvest.c __gp_prepare_read) reads the
+ *                  claim's prepare_read (gproto_harvest.c __gp_prepare_read) reads the
  *                  pin word (one LDA) and, if set, keeps the page back in
  *                  the carried set instead of handing it out, as
  *                  tests/test_gproto.c defer_claims_keep_pinned_back checks

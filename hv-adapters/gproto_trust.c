@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * gp_trust.c - whether the guest protocol's bits can stand for the
+ * gproto_trust.c - whether the guest protocol's bits can stand for the
  * guest's DMA right now: tracking generations, the guest's
  * acknowledgement and heartbeat, the region header, and the rules that
  * make trust follow the guest's life (libdirty.h, enum dirty_gp_state).
@@ -29,7 +29,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "gp.h"
+#include "gproto.h"
 
 static void say(struct dirty_gp *gp, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * gp_harvest.c - the guest protocol's sync and final: dirty bits, pinned
+ * gproto_harvest.c - the guest protocol's sync and final: dirty bits, pinned
  * pages and carried pages into the view; under DEFER, the claim-side
- * keeping back of pinned pages. The trust decision is gp_trust.c's.
+ * keeping back of pinned pages. The trust decision is gproto_trust.c's.
  *
  * Ordering: the guest sets a dirty bit, then its summary bit; it clears a
  * pin bit only after both (libdirty/proto.h). The host exchanges summary
@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gp.h"
+#include "gproto.h"
 
 #define XCHG(p) __atomic_exchange_n((p), 0, __ATOMIC_SEQ_CST)
 
@@ -182,8 +182,8 @@ static void set_final_started(struct dirty_gp *gp, bool on)
 }
 
 /*
- * A round. At final the guest must be trusted (gp_trust.c says what that
- * is); if not, the configured fallback stands in for its bits. In
+ * A round. At final the guest must be trusted (gproto_trust.c says what
+ * that is); if not, the configured fallback stands in for its bits. In
  * pre-copy an untrusted guest's bits are still harvested: they can only
  * add pages, and its range is marked whole when it is trusted again.
  */
@@ -321,7 +321,6 @@ int __gp_prepare_read(struct dirty_source *src, struct dirty_run *runs,
 	struct dirty_gp *gp = dirty_source_priv(src);
 	uint64_t gend = gp->gpa + (gp->npages << gp->shift);
 	struct dirty_view *view = dirty_source_view(src);
-	const struct region_table *t;
 	struct dirty_run *in;
 	size_t i, nin = *n;
 	bool any = false;
@@ -346,12 +345,10 @@ int __gp_prepare_read(struct dirty_source *src, struct dirty_run *runs,
 		free(in);
 		return 0;
 	}
-	/* Called inside the claimer's read section: the table is stable. */
-	t = atomic_load_explicit(&view->table, memory_order_acquire);
 	*n = 0;
 	for (i = 0; i < nin; i++) {
-		const struct region *r = __dirty_table_find(t, in[i].gpa);
-		uint64_t unit = r && r->page_size > gp->page_size ? r->page_size : gp->page_size;
+		uint64_t rps = __dirty_page_size_at(view, in[i].gpa);
+		uint64_t unit = rps > gp->page_size ? rps : gp->page_size;
 
 		/* One slot stays free for each run still to come. */
 		withhold_run(gp, in[i], unit, runs, n, max - (nin - 1 - i));

@@ -6,11 +6,13 @@
  * nothing but its bookkeeping of what was sent and not yet acknowledged.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "core.h"
 
 /* Runs sent since the destination's last acknowledgement. */
 struct unacked {

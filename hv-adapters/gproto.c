@@ -3,7 +3,8 @@
  * gproto.c - the host side of the guest bitmap protocol: creates the
  * shared region (sized for a PCI BAR when asked), attaches it to the view
  * as a PRECISE source and owns its lifetime. What a round does is
- * gp_harvest.c's; whether the guest is trusted is gp_trust.c's (gp.h).
+ * gproto_harvest.c's; whether the guest is trusted is gproto_trust.c's
+ * (gproto.h).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -13,7 +14,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "gp.h"
+#include "gproto.h"
 
 static int gp_start(struct dirty_source *src)
 {

@@ -1,22 +1,27 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * gp.h - the host side of the guest bitmap protocol, shared by its three
- * files: gproto.c (the region, its configuration, the source's ops),
- * gp_harvest.c (dirty bits, pins and carried pages into the view) and
- * gp_trust.c (tracking generations and whether the guest is trusted).
+ * gproto.h - the host side of the guest bitmap protocol, shared by its
+ * three files: gproto.c (the region, its configuration, the source's
+ * ops), gproto_harvest.c (dirty bits, pins and carried pages into the
+ * view) and gproto_trust.c (tracking generations and whether the guest is
+ * trusted).
  * Nothing here is installed.
  *
  * Trust: the guest may write anything anywhere in the region. Geometry
  * (layout, page count, range) lives in struct dirty_gp and is never read
  * back from the region; every index is bounded by it.
  */
-#ifndef LIBDIRTY_GP_H
-#define LIBDIRTY_GP_H
+#ifndef LIBDIRTY_GPROTO_H
+#define LIBDIRTY_GPROTO_H
 
-#include "internal.h"
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "core.h"
+#include "hbm.h"
 #include "libdirty/proto.h"
 
-/* Guest words are read with acquire (LDA) or seq_cst (LDX); see gp_harvest.c. */
+/* Guest words are read with acquire (LDA) or seq_cst (LDX); see gproto_harvest.c. */
 #define LDA(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define LDX(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
 
@@ -43,7 +48,7 @@ struct dirty_gp {
 	pthread_mutex_t carry_lock;
 	bool final_started;	/* under carry_lock */
 
-	/* Trust (gp_trust.c), all under lock. */
+	/* Trust (gproto_trust.c), all under lock. */
 	pthread_mutex_t lock;
 	enum dirty_gp_state state;
 	char reason[160];
@@ -59,7 +64,7 @@ struct dirty_gp {
 	_Atomic uint64_t harvested, pinned_sent, carried_sent, kept_back;	/* relaxed: statistics */
 };
 
-/* gp_trust.c */
+/* gproto_trust.c */
 /*
  * Judge the guest now (with gp->lock held) and return its state. Gaining
  * trust marks the whole range dirty: nothing the guest did while it was
@@ -71,7 +76,7 @@ void __gp_raise_gen(struct dirty_gp *gp);
 int __gp_ready(struct dirty_source *src);
 int __gp_healthy(struct dirty_source *src);
 
-/* gp_harvest.c */
+/* gproto_harvest.c */
 int __gp_sync(struct dirty_source *src);
 int __gp_final(struct dirty_source *src);
 int __gp_prepare_read(struct dirty_source *src, struct dirty_run *runs,
@@ -80,4 +85,4 @@ uint64_t __gp_held_bytes(struct dirty_source *src);
 /* Valid bits of dirty (or pin) word w: the last one may be short. */
 uint64_t __gp_word_mask(const struct dirty_gp *gp, uint64_t w);
 
-#endif /* LIBDIRTY_GP_H */
+#endif /* LIBDIRTY_GPROTO_H */

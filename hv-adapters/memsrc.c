@@ -8,7 +8,8 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "core.h"
+#include "hbm.h"
 
 struct memsrc {
 	uint64_t gpa, len, page_size;
@@ -110,9 +111,9 @@ DIRTY_API int dirty_memsrc_mark(struct dirty_source *src, uint64_t gpa,
 	struct memsrc *m;
 	uint64_t s, e;
 
-	if (src->user_ops != &memsrc_ops)
+	if (!__dirty_source_has_ops(src, &memsrc_ops))
 		return __dirty_err(-EINVAL, "dirty_memsrc_mark: source '%s' is not an in-memory source",
-				   src->ops.name ? src->ops.name : "?");
+				   __dirty_source_name(src));
 	m = dirty_source_priv(src);
 	if (len == 0)
 		return 0;
