@@ -4,7 +4,7 @@
  * shared region (sized for a PCI BAR when asked), attaches it to the view
  * as a PRECISE source and owns its lifetime. What a round does is
  * gproto_harvest.c's; whether the guest is trusted is gproto_trust.c's
- * (gproto.h).
+ * (gproto_priv.h).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,7 +14,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "gproto.h"
+#include "gproto_priv.h"
 
 static int gp_start(struct dirty_source *src)
 {

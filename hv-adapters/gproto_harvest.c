@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gproto.h"
+#include "gproto_priv.h"
 
 #define XCHG(p) __atomic_exchange_n((p), 0, __ATOMIC_SEQ_CST)
 

@@ -29,7 +29,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "gproto.h"
+#include "gproto_priv.h"
 
 static void say(struct dirty_gp *gp, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

@@ -185,7 +185,8 @@ START_TEST(agent_restart)
 	struct dirty_gp_health h;
 	uint64_t gen;
 
-	rig_up(&r, 100, DIRTY_GP_FALLBACK_ALL_DIRTY);
+	/* Long enough that a loaded machine restarts the agent well inside it. */
+	rig_up(&r, 500, DIRTY_GP_FALLBACK_ALL_DIRTY);
 	guest_boots(&r);
 	ck_assert_int_eq(dirty_view_start(r.v), 0);
 	ck_assert(health(&r).healthy);
@@ -203,7 +204,7 @@ START_TEST(agent_restart)
 	gen = health(&r).generation;
 	dirty_guest_close(r.g);
 	r.g = NULL;
-	usleep(250 * 1000);
+	usleep(1200 * 1000);
 	ck_assert_int_eq(dirty_view_sync(r.v), 0);
 	h = health(&r);
 	ck_assert_int_eq(h.state, DIRTY_GP_UNTRUSTED);

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * libdirty/vfio.h - the VFIO type1 source: dirty pages of a type1 container
- * the VMM owns (VFIO_IOMMU_DIRTY_PAGES), translated from IOVA to
- * guest-physical addresses and marked into a view.
+ * libdirty/vfio.h - the VFIO sources: dirty pages of a type1 container the
+ * VMM owns (VFIO_IOMMU_DIRTY_PAGES) and of a device that logs its own DMA
+ * (VFIO device DMA logging, at the end of this file), translated from IOVA
+ * to guest-physical addresses and marked into a view.
  *
  * What type1 can tell: "dirtied or potentially dirtied". It cannot see DMA,
  * so with a vfio-pci device in the container it reports every mapped page
@@ -50,7 +51,7 @@
 
 #include <stdint.h>
 
-#include <libdirty.h>
+#include <libdirty/source.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -169,6 +170,155 @@ struct dirty_vfio_type1_stats {
 };
 int dirty_vfio_type1_stats(struct dirty_vfio_type1 *t,
 			   struct dirty_vfio_type1_stats *st);
+
+/* ---- VFIO device DMA logging ------------------------------------------------ */
+
+/*
+ * A PRECISE source per VFIO device fd: the device records the pages it
+ * writes by DMA (VFIO_DEVICE_FEATURE_DMA_LOGGING_START / REPORT / STOP,
+ * mlx5 and pds today, ldtest in the VM tier) and REPORT reads and clears
+ * them. Like the type1 source it takes the VMM's mappings as (IOVA, GPA,
+ * length) and marks each reported page at its guest-physical address.
+ *
+ * Facts this is built on (include/uapi/linux/vfio.h; measured on Debian
+ * 6.1 with ldtest by tests/vm/t_vm_mdev.sh and t_vm_devlog.sh):
+ *  - START takes 1..256 IOVA ranges (a page of them; a driver may take
+ *    fewer: E2BIG), not overlapping, each aligned to the page-size hint;
+ *    the driver answers with the page size it chose, which may differ.
+ *  - START while logging is the driver's to refuse (ldtest, mlx5: EBUSY):
+ *    to change the ranges, STOP and START again. STOP drops the log, and
+ *    REPORT after STOP fails (ldtest: EINVAL).
+ *  - REPORT of [iova, +length) at any power-of-two page size >= 4 KiB
+ *    only sets bits in the caller's bitmap and clears what it reported.
+ *    Any error means "the log is corrupt: treat all as dirty, restart".
+ *    Debian's 6.12 (IOMMUFD_DRIVER off) fails every REPORT (EOPNOTSUPP).
+ *
+ * Ranges: the registered mappings rounded out to range_align (and to the
+ * page size), touching ones joined; over the device's limit the nearest
+ * neighbours are joined (smallest gap first). A larger logged range only
+ * adds IOVA nobody maps, so it can only add pages, never lose one.
+ *
+ * Mapping changes mid-migration. An unmap never needs new ranges:
+ * dirty_vfio_devlog_unmapped() reports the unmapped IOVAs one last time
+ * (after the kernel unmap, so nothing can be written there any more) and
+ * marks them at their old GPAs. A mapping outside the logged ranges
+ * needs new ranges, and re-arming opens a window: STOP drops everything
+ * the device logged since the last REPORT, and writes until the new
+ * START returns are logged nowhere. Nothing can narrow it down (the
+ * device's writes are known only to its log), so the re-arm marks every
+ * page of every registered mapping (all the device can reach), and marks
+ * them after START returned: a page marked earlier could be claimed and
+ * sent inside the window and then written, and that write would be lost.
+ * One re-arm therefore costs one pass over the device's mapped memory;
+ * range_align keeps them rare (a vIOMMU's IOVA space logged as a few
+ * large ranges needs none). With DIRTY_VFIO_DEVLOG_REARM_MANUAL a mapping
+ * outside the ranges is marked whole at every sync instead (COARSE for
+ * that mapping only) until dirty_vfio_devlog_rearm().
+ *
+ * Errors: a failed START, STOP or REPORT, or a reported bit no mapping
+ * holds, marks every page of every registered mapping dirty and returns
+ * the error; the log is then restarted (a re-arm) at the next sync, as
+ * the uapi asks. On a kernel whose REPORT always fails (Debian 6.12)
+ * every sync therefore marks everything and returns the error: correct,
+ * never precise.
+ *
+ * Threads and locking as for the type1 source: one mutex per source over
+ * its table, its ioctls and its statistics.
+ */
+struct dirty_vfio_devlog;
+
+enum dirty_vfio_devlog_rearm {
+	/* A mapping outside the logged ranges re-arms at the next sync. */
+	DIRTY_VFIO_DEVLOG_REARM_AUTO = 0,
+	/*
+	 * It is marked whole at every sync (and final) until the caller
+	 * calls dirty_vfio_devlog_rearm(): for a VMM whose new mappings are
+	 * small and short-lived, where resending them beats resending all.
+	 */
+	DIRTY_VFIO_DEVLOG_REARM_MANUAL = 1,
+};
+
+struct dirty_vfio_devlog_config {
+	int device_fd;		/* the VMM's VFIO device fd; stays the VMM's */
+	uint64_t page_size;	/* START's hint: a power of two >= 4096; 0: 4096 */
+	/*
+	 * Round every logged range out to this (a power of two >= the page
+	 * size; 0: the page size): larger values log IOVA around the mappings
+	 * too, so later mappings nearby need no re-arm.
+	 */
+	uint64_t range_align;
+	uint32_t max_ranges;	/* at most this many ranges; 0: 256 (the uapi's minimum) */
+	unsigned int rearm;	/* enum dirty_vfio_devlog_rearm */
+	/*
+	 * Every ioctl on device_fd goes through this (NULL: ioctl(2)). It
+	 * returns >= 0 or -errno. Tests use it to act between two of the
+	 * source's ioctls; it is called with the source's lock held and must
+	 * not call back into this source.
+	 */
+	int (*ioctl)(void *ctx, int fd, unsigned long request, void *arg);
+	void *ioctl_ctx;
+};
+
+/* 0 if the device supports DMA logging (a PROBE of START); else -errno, said why. */
+int dirty_vfio_devlog_probe(int device_fd);
+
+/*
+ * A PRECISE source attached to view. START happens at the view's start
+ * (all registered pages are marked: the first round), STOP at its stop.
+ * -EOPNOTSUPP (with the reason) when the device cannot log DMA.
+ */
+int dirty_vfio_devlog_create(struct dirty_view *view,
+			     const struct dirty_vfio_devlog_config *cfg,
+			     struct dirty_vfio_devlog **out);
+/* Detach (STOP if logging) and free; the view frees it too if it goes first. */
+void dirty_vfio_devlog_destroy(struct dirty_vfio_devlog *d);
+struct dirty_source *dirty_vfio_devlog_source(struct dirty_vfio_devlog *d);
+
+/*
+ * Register a DMA mapping of the device's container or IOAS: IOVA [iova,
+ * iova + len) is GPA [gpa, + len). Aligned to 4096; IOVA ranges may not
+ * overlap (-EEXIST). Register every mapping the device can reach, before
+ * the device uses it: a reported bit no registration holds is an error
+ * (everything is marked). While logging, a mapping inside the logged
+ * ranges is logged at once; one outside waits for a re-arm (see above).
+ */
+int dirty_vfio_devlog_add_mapping(struct dirty_vfio_devlog *d, uint64_t iova,
+				  uint64_t gpa, uint64_t len);
+/*
+ * The VMM unmapped [iova, iova + len) in the kernel (VFIO_IOMMU_UNMAP_DMA,
+ * dirty_vfio_type1_unmap() or IOMMU_IOAS_UNMAP): call this after that and
+ * before the IOVAs are mapped again. While logging it REPORTs the
+ * registrations inside one last time and marks their bits at the old
+ * GPAs (a bit left in the log would be read later as the next mapping's),
+ * then drops them. Holes are fine; splitting a registration is -EINVAL.
+ */
+int dirty_vfio_devlog_unmapped(struct dirty_vfio_devlog *d, uint64_t iova,
+			       uint64_t len);
+/*
+ * Re-arm now with ranges for every registered mapping (STOP, START, then
+ * every mapped page marked: see the window above). 0 without effect when
+ * not tracking. The view's sync calls it by itself under REARM_AUTO.
+ */
+int dirty_vfio_devlog_rearm(struct dirty_vfio_devlog *d);
+/* The guest-physical address of iova (-ENOENT: no registration holds it). */
+int dirty_vfio_devlog_translate(struct dirty_vfio_devlog *d, uint64_t iova,
+				uint64_t *gpa);
+
+struct dirty_vfio_devlog_stats {
+	uint64_t mappings;		/* registered now */
+	uint64_t mapped_bytes;
+	uint64_t unlogged;		/* registered mappings outside the logged ranges */
+	uint64_t ranges;		/* logged now (0: not logging) */
+	uint64_t page_size;		/* the driver's, while logging */
+	uint64_t max_ranges;		/* the limit in force (lowered when START said E2BIG) */
+	uint64_t starts, stops, reports;	/* ioctls issued */
+	uint64_t rearms;		/* STOP + START with new ranges while tracking */
+	uint64_t pages_reported;	/* bits REPORT set (pages of page_size) */
+	uint64_t window_pages;		/* pages marked to cover re-arm windows */
+	uint64_t errors;		/* failed calls: everything was marked */
+};
+int dirty_vfio_devlog_stats(struct dirty_vfio_devlog *d,
+			    struct dirty_vfio_devlog_stats *st);
 
 #ifdef __cplusplus
 }

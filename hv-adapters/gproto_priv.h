@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * gproto.h - the host side of the guest bitmap protocol, shared by its
+ * gproto_priv.h - the host side of the guest bitmap protocol, shared by its
  * three files: gproto.c (the region, its configuration, the source's
  * ops), gproto_harvest.c (dirty bits, pins and carried pages into the
  * view) and gproto_trust.c (tracking generations and whether the guest is
@@ -11,8 +11,8 @@
  * (layout, page count, range) lives in struct dirty_gp and is never read
  * back from the region; every index is bounded by it.
  */
-#ifndef LIBDIRTY_GPROTO_H
-#define LIBDIRTY_GPROTO_H
+#ifndef LIBDIRTY_GPROTO_PRIV_H
+#define LIBDIRTY_GPROTO_PRIV_H
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -85,4 +85,4 @@ uint64_t __gp_held_bytes(struct dirty_source *src);
 /* Valid bits of dirty (or pin) word w: the last one may be short. */
 uint64_t __gp_word_mask(const struct dirty_gp *gp, uint64_t w);
 
-#endif /* LIBDIRTY_GPROTO_H */
+#endif /* LIBDIRTY_GPROTO_PRIV_H */
