@@ -7,9 +7,11 @@
 #   make install    honours DESTDIR, PREFIX, LIBDIR, INCLUDEDIR
 #   make deps       installs missing Debian packages (as root) or says how
 
-VERSION_MAJOR := 0
-VERSION_MINOR := 1
-VERSION_PATCH := 0
+# The version is written once, in include/libdirty/version.h.
+version_part = $(shell sed -n 's/^\#define LIBDIRTY_VERSION_$(1) \([0-9]*\)$$/\1/p' include/libdirty/version.h)
+VERSION_MAJOR := $(call version_part,MAJOR)
+VERSION_MINOR := $(call version_part,MINOR)
+VERSION_PATCH := $(call version_part,PATCH)
 VERSION       := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
 
 PREFIX     ?= /usr/local
@@ -36,9 +38,9 @@ else
 SAN_FLAGS :=
 endif
 
+# -MMD -MP: every object and binary tracks the headers it includes.
 BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
-	-Wstrict-prototypes -Wmissing-prototypes -Iinclude -Ilibdirty \
-	-DLIBDIRTY_VERSION_STRING='"$(VERSION)"' $(SAN_FLAGS)
+	-Wstrict-prototypes -Wmissing-prototypes -Iinclude -Ilibdirty -MMD -MP $(SAN_FLAGS)
 LIB_CFLAGS  := $(BASE_CFLAGS) -fPIC -fvisibility=hidden
 
 # Recursive on purpose: pkg-config runs only after `deps` installed it.
@@ -46,14 +48,21 @@ URCU_LIBS  = $$(pkg-config --libs liburcu-bp)
 CHECK_LIBS = $$(pkg-config --libs check)
 LIB_LIBS   = $(URCU_LIBS) -pthread
 
-LIB_SRCS := $(wildcard libdirty/*.c) $(wildcard hv-adapters/*.c) $(wildcard migrate/*.c) \
-	$(wildcard guest-agent/guest*.c)
+# The host library: the core, every source, the pre-copy driver.
+LIB_SRCS := $(wildcard libdirty/*.c) $(wildcard hv-adapters/*.c) $(wildcard migrate/*.c)
 LIB_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS))
-LIB_HDRS := $(wildcard include/*.h include/libdirty/*.h libdirty/*.h hv-adapters/*.h)
+# The guest library, apart: nothing of the host library in it.
+GUEST_SRCS := $(wildcard guest-agent/guest*.c)
+GUEST_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(GUEST_SRCS))
 
 SONAME   := libdirty.so.$(VERSION_MAJOR)
 SOLIB    := $(BUILD)/lib/libdirty.so.$(VERSION)
 ARLIB    := $(BUILD)/lib/libdirty.a
+GUEST_SONAME := libdirty-guest.so.$(VERSION_MAJOR)
+GUEST_SOLIB  := $(BUILD)/lib/libdirty-guest.so.$(VERSION)
+GUEST_ARLIB  := $(BUILD)/lib/libdirty-guest.a
+# What tests, benchmarks and tools link: both libraries, statically.
+ALL_ARLIBS   := $(ARLIB) $(GUEST_ARLIB)
 DEPS_STAMP := $(BUILD)/.deps-ok
 
 TEST_SRCS  := $(wildcard tests/test_*.c)
@@ -66,7 +75,7 @@ BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bin/%,$(BENCH_SRCS))
 
 all: lib tests bench
 
-lib: $(SOLIB) $(ARLIB)
+lib: $(SOLIB) $(ARLIB) $(GUEST_SOLIB) $(GUEST_ARLIB)
 tests: $(TEST_BINS)
 bench: $(BENCH_BINS)
 
@@ -89,30 +98,48 @@ $(DEPS_STAMP): Makefile
 	fi
 	@mkdir -p $(@D) && touch $@
 
-$(BUILD)/obj/%.o: %.c $(LIB_HDRS) | $(DEPS_STAMP)
+$(BUILD)/obj/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LIB_CFLAGS) -c -o $@ $<
 
-$(SOLIB): $(LIB_OBJS) libdirty/libdirty.map
+# Version scripts: one node per library, named after the major version.
+$(BUILD)/lib/%.map: libdirty/%.map.in include/libdirty/version.h
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(SAN_FLAGS) -shared -Wl,-soname,$(SONAME) \
-	  -Wl,--version-script=libdirty/libdirty.map -Wl,-z,defs \
-	  -o $@ $(LIB_OBJS) $(LIB_LIBS)
-	ln -sf $(notdir $@) $(BUILD)/lib/$(SONAME)
-	ln -sf $(SONAME) $(BUILD)/lib/libdirty.so
+	sed 's/@NODE@/LIBDIRTY_$(VERSION_MAJOR)/' $< > $@
+$(BUILD)/lib/libdirty-guest.map: guest-agent/libdirty-guest.map.in include/libdirty/version.h
+	@mkdir -p $(@D)
+	sed 's/@NODE@/LIBDIRTY_GUEST_$(VERSION_MAJOR)/' $< > $@
+
+# A shared library from objects: $(call shlib,soname,map,objects)
+define shlib
+	$(CC) $(CFLAGS) $(SAN_FLAGS) -shared -Wl,-soname,$(1) \
+	  -Wl,--version-script=$(2) -Wl,-z,defs -o $@ $(3) $(LIB_LIBS)
+	ln -sf $(notdir $@) $(@D)/$(1)
+	ln -sf $(1) $(@D)/$(basename $(1))
+endef
+
+$(SOLIB): $(LIB_OBJS) $(BUILD)/lib/libdirty.map
+	$(call shlib,$(SONAME),$(BUILD)/lib/libdirty.map,$(LIB_OBJS))
+
+$(GUEST_SOLIB): $(GUEST_OBJS) $(BUILD)/lib/libdirty-guest.map
+	$(call shlib,$(GUEST_SONAME),$(BUILD)/lib/libdirty-guest.map,$(GUEST_OBJS))
 
 $(ARLIB): $(LIB_OBJS)
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
 
-# Tests and benchmarks link the static library: they may use internal headers.
-$(BUILD)/tests/%: tests/%.c tests/testutil.h $(ARLIB)
+$(GUEST_ARLIB): $(GUEST_OBJS)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests -o $@ $< $(ARLIB) $(CHECK_LIBS) $(LIB_LIBS)
+	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/bin/%: bench/%.c bench/benchutil.h $(ARLIB)
+# Tests and benchmarks link the static libraries: they may use internal headers.
+$(BUILD)/tests/%: tests/%.c $(ALL_ARLIBS)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(BASE_CFLAGS) -o $@ $< $(ARLIB) $(LIB_LIBS) -lm
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests -o $@ $< $(ALL_ARLIBS) $(CHECK_LIBS) $(LIB_LIBS)
+
+$(BUILD)/bin/%: bench/%.c $(ALL_ARLIBS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -o $@ $< $(ALL_ARLIBS) $(LIB_LIBS) -lm
 
 check: all
 	@BUILD=$(BUILD) SAN=$(SAN) CC="$(CC)" tests/run-tests.sh $(TEST_BINS) $(KVM_TEST_BINS) $(TEST_SCRIPTS) \
@@ -129,28 +156,37 @@ tsan:
 demo: all
 	$(BUILD)/bin/dirtymig demo
 
-install: lib
-	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/libdirty $(DESTDIR)$(PKGCONFIGDIR)
-	install -m 0755 $(SOLIB) $(DESTDIR)$(LIBDIR)/
-	ln -sf libdirty.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
-	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libdirty.so
-	install -m 0644 $(ARLIB) $(DESTDIR)$(LIBDIR)/
-	install -m 0644 include/libdirty.h $(DESTDIR)$(INCLUDEDIR)/
-	install -m 0644 include/libdirty/*.h $(DESTDIR)$(INCLUDEDIR)/libdirty/
-	# Generated here so it names the PREFIX/LIBDIR of this very install.
+# Generated at install so the .pc names the PREFIX/LIBDIR of this very install.
+define install_lib
+	install -m 0755 $(1) $(DESTDIR)$(LIBDIR)/
+	ln -sf $(notdir $(1)) $(DESTDIR)$(LIBDIR)/$(2)
+	ln -sf $(2) $(DESTDIR)$(LIBDIR)/$(basename $(2))
+	install -m 0644 $(3) $(DESTDIR)$(LIBDIR)/
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
-	    libdirty/libdirty.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/libdirty.pc
+	    $(4) > $(DESTDIR)$(PKGCONFIGDIR)/$(notdir $(basename $(4)))
+endef
+
+INSTALLED_LIBS := libdirty.so.$(VERSION) $(SONAME) libdirty.so libdirty.a \
+	libdirty-guest.so.$(VERSION) $(GUEST_SONAME) libdirty-guest.so libdirty-guest.a
+
+install: lib
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/libdirty $(DESTDIR)$(PKGCONFIGDIR)
+	$(call install_lib,$(SOLIB),$(SONAME),$(ARLIB),libdirty/libdirty.pc.in)
+	$(call install_lib,$(GUEST_SOLIB),$(GUEST_SONAME),$(GUEST_ARLIB),guest-agent/libdirty-guest.pc.in)
+	install -m 0644 include/libdirty.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 0644 include/libdirty/*.h $(DESTDIR)$(INCLUDEDIR)/libdirty/
 
 uninstall:
-	rm -f $(DESTDIR)$(LIBDIR)/libdirty.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME) \
-	      $(DESTDIR)$(LIBDIR)/libdirty.so $(DESTDIR)$(LIBDIR)/libdirty.a \
-	      $(DESTDIR)$(INCLUDEDIR)/libdirty.h $(DESTDIR)$(PKGCONFIGDIR)/libdirty.pc \
+	rm -f $(addprefix $(DESTDIR)$(LIBDIR)/,$(INSTALLED_LIBS)) \
+	      $(DESTDIR)$(PKGCONFIGDIR)/libdirty.pc $(DESTDIR)$(PKGCONFIGDIR)/libdirty-guest.pc \
+	      $(DESTDIR)$(INCLUDEDIR)/libdirty.h \
 	      $(addprefix $(DESTDIR)$(INCLUDEDIR)/libdirty/,$(notdir $(wildcard include/libdirty/*.h)))
 	-rmdir $(DESTDIR)$(INCLUDEDIR)/libdirty 2>/dev/null
 
+# BUILD=build/asan (make asan) lives inside the default build directory.
 clean:
-	rm -rf build
+	rm -rf $(BUILD)
 
 # After `all` and the variables they use: libFuzzer targets (make fuzz),
 # the KVM test VMM, guest payload and KVM suites, the dirtymig harness, the
@@ -159,3 +195,6 @@ include tests/fuzz/fuzz.mk
 include tests/kvm/kvm.mk
 include bench/dirtymig/dirtymig.mk
 include tests/vm/vm.mk
+
+# Header dependencies that -MMD wrote last time (none on a first build).
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -154,7 +154,7 @@ static int guest_rep(struct guest *G, int c, int o, double *ns_per_page)
 	}
 	*ns_per_page = (double)(now_ns() - t0) / (double)n;
 	if (err) {
-		fprintf(stderr, "proto-bench: %s: %s\n", case_names[c], dirty_last_error());
+		fprintf(stderr, "proto-bench: %s: %s\n", case_names[c], dirty_guest_last_error());
 		return err;
 	}
 
@@ -393,7 +393,8 @@ int main(int argc, char **argv)
 	    (err = dirty_view_add_region(gview, 0, cfg.len, PAGE_SIZE, 0)) ||
 	    (err = dirty_gp_create(gview, &cfg, &ggp)) || (err = dirty_gp_track(ggp, 1)) ||
 	    (err = dirty_guest_open_fd(dirty_gp_fd(ggp), &G.g))) {
-		fprintf(stderr, "proto-bench: guest setup: %s\n", dirty_last_error());
+		fprintf(stderr, "proto-bench: guest setup: %s%s\n", dirty_last_error(),
+			dirty_guest_last_error());
 		goto out;
 	}
 	G.region = mmap(NULL, G.lay.region_size, PROT_READ | PROT_WRITE, MAP_SHARED, dirty_gp_fd(ggp), 0);

@@ -40,7 +40,7 @@
 
 #include <urcu/urcu-bp.h>
 
-#include "internal.h"
+#include "guest_priv.h"
 #include "libdirty/guest.h"
 #include "libdirty/proto.h"
 
@@ -84,38 +84,38 @@ static int validate(struct dirty_guest *g, uint64_t size)
 	uint16_t major, minor;
 
 	if (size < DIRTY_PROTO_HEADER_SIZE)
-		return __dirty_err(-EINVAL, "region of %llu bytes is smaller than its 4096-byte header",
+		return __dirty_guest_err(-EINVAL, "region of %llu bytes is smaller than its 4096-byte header",
 				   (unsigned long long)size);
 	magic = __atomic_load_n(&h->magic, __ATOMIC_ACQUIRE);
 	if (magic != DIRTY_PROTO_MAGIC)
-		return __dirty_err(-EPROTO, "not a libdirty region (magic %#llx, want %#llx); is the host's region attached?",
+		return __dirty_guest_err(-EPROTO, "not a libdirty region (magic %#llx, want %#llx); is the host's region attached?",
 				   (unsigned long long)magic, DIRTY_PROTO_MAGIC);
 	major = h->major;
 	minor = h->minor;
 	if (major != DIRTY_PROTO_MAJOR)
-		return __dirty_err(-EPROTONOSUPPORT, "region speaks protocol v%u.%u; this guest library speaks v%u.x: upgrade the guest side",
+		return __dirty_guest_err(-EPROTONOSUPPORT, "region speaks protocol v%u.%u; this guest library speaks v%u.x: upgrade the guest side",
 				   major, minor, DIRTY_PROTO_MAJOR);
 	hsize = h->header_size;
 	shift = h->page_shift;
 	gpa = h->gpa_base;
 	npages = h->npages;
 	if (hsize != DIRTY_PROTO_HEADER_SIZE || shift < 12 || shift > 40)
-		return __dirty_err(-EPROTO, "region header is malformed (header_size %u, page_shift %u)",
+		return __dirty_guest_err(-EPROTO, "region header is malformed (header_size %u, page_shift %u)",
 				   hsize, shift);
 	if (dirty_proto_layout(npages, &g->lay) ||
 	    gpa & ((1ull << shift) - 1) ||
 	    __builtin_add_overflow(gpa, npages << shift, &end) ||
 	    (npages << shift) >> shift != npages)
-		return __dirty_err(-EPROTO, "region covers an impossible range (base %#llx, %llu pages of 2^%u)",
+		return __dirty_guest_err(-EPROTO, "region covers an impossible range (base %#llx, %llu pages of 2^%u)",
 				   (unsigned long long)gpa, (unsigned long long)npages, shift);
 	if (h->dirty_off != g->lay.dirty_off || h->dirty_len != g->lay.dirty_len ||
 	    h->summary_off != g->lay.summary_off || h->summary_len != g->lay.summary_len ||
 	    h->pin_off != g->lay.pin_off || h->pin_len != g->lay.pin_len ||
 	    h->region_size != g->lay.region_size)
-		return __dirty_err(-EPROTO, "region bitmaps are not where protocol v1 puts them for %llu pages",
+		return __dirty_guest_err(-EPROTO, "region bitmaps are not where protocol v1 puts them for %llu pages",
 				   (unsigned long long)npages);
 	if (g->lay.region_size > size)
-		return __dirty_err(-EINVAL, "region needs %llu bytes but only %llu are mapped",
+		return __dirty_guest_err(-EINVAL, "region needs %llu bytes but only %llu are mapped",
 				   (unsigned long long)g->lay.region_size,
 				   (unsigned long long)size);
 	g->gpa_base = gpa;
@@ -126,17 +126,17 @@ static int validate(struct dirty_guest *g, uint64_t size)
 	return 0;
 }
 
-DIRTY_API int dirty_guest_open_mem(void *base, uint64_t size,
+GUEST_API int dirty_guest_open_mem(void *base, uint64_t size,
 				   struct dirty_guest **out)
 {
 	struct dirty_guest *g;
 	int err;
 
 	if (!base)
-		return __dirty_err(-EINVAL, "dirty_guest_open_mem: NULL base");
+		return __dirty_guest_err(-EINVAL, "dirty_guest_open_mem: NULL base");
 	g = calloc(1, sizeof(*g));
 	if (!g)
-		return __dirty_err(-ENOMEM, "dirty_guest_open: out of memory");
+		return __dirty_guest_err(-ENOMEM, "dirty_guest_open: out of memory");
 	g->base = base;
 	g->map_size = size;
 	err = validate(g, size);
@@ -155,7 +155,7 @@ DIRTY_API int dirty_guest_open_mem(void *base, uint64_t size,
 		uint64_t n = g->npages;
 
 		free(g);
-		return __dirty_err(-ENOMEM, "dirty_guest_open: cannot reserve pin counts for %llu pages",
+		return __dirty_guest_err(-ENOMEM, "dirty_guest_open: cannot reserve pin counts for %llu pages",
 				   (unsigned long long)n);
 	}
 	pthread_mutex_init(&g->poll_lock, NULL);
@@ -168,20 +168,20 @@ DIRTY_API int dirty_guest_open_mem(void *base, uint64_t size,
 	return 0;
 }
 
-DIRTY_API int dirty_guest_open_fd(int fd, struct dirty_guest **out)
+GUEST_API int dirty_guest_open_fd(int fd, struct dirty_guest **out)
 {
 	struct stat st;
 	void *base;
 	int err;
 
 	if (fstat(fd, &st) < 0)
-		return __dirty_err(-errno, "cannot stat the region fd: %s", strerror(errno));
+		return __dirty_guest_err(-errno, "cannot stat the region fd: %s", strerror(errno));
 	if (st.st_size < DIRTY_PROTO_HEADER_SIZE)
-		return __dirty_err(-EINVAL, "region file of %lld bytes is smaller than its header; did the host create it?",
+		return __dirty_guest_err(-EINVAL, "region file of %lld bytes is smaller than its header; did the host create it?",
 				   (long long)st.st_size);
 	base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (base == MAP_FAILED)
-		return __dirty_err(-errno, "cannot map the region: %s", strerror(errno));
+		return __dirty_guest_err(-errno, "cannot map the region: %s", strerror(errno));
 	err = dirty_guest_open_mem(base, (uint64_t)st.st_size, out);
 	if (err) {
 		munmap(base, (size_t)st.st_size);
@@ -191,13 +191,13 @@ DIRTY_API int dirty_guest_open_fd(int fd, struct dirty_guest **out)
 	return 0;
 }
 
-DIRTY_API int dirty_guest_open_path(const char *path, struct dirty_guest **out)
+GUEST_API int dirty_guest_open_path(const char *path, struct dirty_guest **out)
 {
 	int fd = open(path, O_RDWR | O_CLOEXEC);
 	int err;
 
 	if (fd < 0)
-		return __dirty_err(-errno, "cannot open region %s: %s", path, strerror(errno));
+		return __dirty_guest_err(-errno, "cannot open region %s: %s", path, strerror(errno));
 	err = dirty_guest_open_fd(fd, out);
 	close(fd);	/* the mapping keeps the region */
 	return err;
@@ -212,7 +212,7 @@ static int pages_of(struct dirty_guest *g, uint64_t gpa, uint64_t len,
 	if (__builtin_add_overflow(gpa, len, &end) || gpa < g->gpa_base ||
 	    end > g->gpa_base + (g->npages << g->page_shift)) {
 		count(&g->hdr->guest.bad_ranges);
-		return __dirty_err(-ERANGE, "[%#llx, +%#llx) is outside the tracked range [%#llx, +%#llx)",
+		return __dirty_guest_err(-ERANGE, "[%#llx, +%#llx) is outside the tracked range [%#llx, +%#llx)",
 				   (unsigned long long)gpa, (unsigned long long)len,
 				   (unsigned long long)g->gpa_base,
 				   (unsigned long long)(g->npages << g->page_shift));
@@ -303,7 +303,7 @@ static int pin_put(struct dirty_guest *g, uint64_t p)
 	}
 }
 
-static bool tracking(struct dirty_guest *g)
+static bool tracking_on(struct dirty_guest *g)
 {
 	/* Acquire pairs with the host publishing the flag before the generation. */
 	return __atomic_load_n(&g->hdr->host.flags, __ATOMIC_ACQUIRE) &
@@ -345,7 +345,7 @@ static void spans_free(struct span *stack, struct span *s)
 		free(s);
 }
 
-DIRTY_API int dirty_guest_map_v(struct dirty_guest *g, const struct dirty_dma_piece *pieces,
+GUEST_API int dirty_guest_map_v(struct dirty_guest *g, const struct dirty_dma_piece *pieces,
 				size_t n, enum dirty_dma_dir dir)
 {
 	struct span stack[STACK_SPANS], *sp;
@@ -354,17 +354,17 @@ DIRTY_API int dirty_guest_map_v(struct dirty_guest *g, const struct dirty_dma_pi
 	int err;
 
 	if (!dir_ok(dir))
-		return __dirty_err(-EINVAL, "dirty_guest_map: direction %d is not TO_DEVICE, FROM_DEVICE or BIDIRECTIONAL",
+		return __dirty_guest_err(-EINVAL, "dirty_guest_map: direction %d is not TO_DEVICE, FROM_DEVICE or BIDIRECTIONAL",
 				   (int)dir);
 	if (n && !pieces)
-		return __dirty_err(-EINVAL, "dirty_guest_map_v: NULL pieces");
+		return __dirty_guest_err(-EINVAL, "dirty_guest_map_v: NULL pieces");
 	if (!(sp = spans_alloc(stack, n)))
-		return __dirty_err(-ENOMEM, "dirty_guest_map_v: out of memory for %zu pieces", n);
+		return __dirty_guest_err(-ENOMEM, "dirty_guest_map_v: out of memory for %zu pieces", n);
 	if ((err = spans_of(g, pieces, n, sp))) {
 		spans_free(stack, sp);
 		return err;
 	}
-	__dirty_rcu_lock();
+	urcu_bp_read_lock();
 	for (k = 0; k < n && !err; k++)
 		for (i = 0; i < sp[k].n && !err; i++)
 			err = pin_get(g, sp[k].first + i);
@@ -380,10 +380,10 @@ DIRTY_API int dirty_guest_map_v(struct dirty_guest *g, const struct dirty_dma_pi
 			i = sp[k].n;
 		}
 	}
-	__dirty_rcu_unlock();
+	urcu_bp_read_unlock();
 	spans_free(stack, sp);
 	if (err)
-		return __dirty_err(err, "dirty_guest_map: a page is mapped more than %u times",
+		return __dirty_guest_err(err, "dirty_guest_map: a page is mapped more than %u times",
 				   PIN_COUNT - 1);
 	return 0;
 }
@@ -392,11 +392,11 @@ DIRTY_API int dirty_guest_map_v(struct dirty_guest *g, const struct dirty_dma_pi
 static void dirty_if(struct dirty_guest *g, uint64_t first, uint64_t n,
 		     enum dirty_dma_dir dir)
 {
-	if ((dir & DIRTY_FROM_DEVICE) && n && tracking(g))
+	if ((dir & DIRTY_FROM_DEVICE) && n && tracking_on(g))
 		dirty_proto_set_dirty_range(g->dirty, g->summary, first, n);
 }
 
-DIRTY_API int dirty_guest_unmap_v(struct dirty_guest *g, const struct dirty_dma_piece *pieces,
+GUEST_API int dirty_guest_unmap_v(struct dirty_guest *g, const struct dirty_dma_piece *pieces,
 				  size_t n, enum dirty_dma_dir dir)
 {
 	struct span stack[STACK_SPANS], *sp;
@@ -404,17 +404,17 @@ DIRTY_API int dirty_guest_unmap_v(struct dirty_guest *g, const struct dirty_dma_
 	int err;
 
 	if (!dir_ok(dir))
-		return __dirty_err(-EINVAL, "dirty_guest_unmap: direction %d is not TO_DEVICE, FROM_DEVICE or BIDIRECTIONAL",
+		return __dirty_guest_err(-EINVAL, "dirty_guest_unmap: direction %d is not TO_DEVICE, FROM_DEVICE or BIDIRECTIONAL",
 				   (int)dir);
 	if (n && !pieces)
-		return __dirty_err(-EINVAL, "dirty_guest_unmap_v: NULL pieces");
+		return __dirty_guest_err(-EINVAL, "dirty_guest_unmap_v: NULL pieces");
 	if (!(sp = spans_alloc(stack, n)))
-		return __dirty_err(-ENOMEM, "dirty_guest_unmap_v: out of memory for %zu pieces", n);
+		return __dirty_guest_err(-ENOMEM, "dirty_guest_unmap_v: out of memory for %zu pieces", n);
 	if ((err = spans_of(g, pieces, n, sp))) {
 		spans_free(stack, sp);
 		return err;
 	}
-	__dirty_rcu_lock();
+	urcu_bp_read_lock();
 	/* Dirty (and summary) strictly before any pin bit is cleared. */
 	for (size_t k = 0; k < n; k++)
 		dirty_if(g, sp[k].first, sp[k].n, dir);
@@ -424,17 +424,17 @@ DIRTY_API int dirty_guest_unmap_v(struct dirty_guest *g, const struct dirty_dma_
 			if (pin_put(g, sp[k].first + i))
 				unmapped++;
 	}
-	__dirty_rcu_unlock();
+	urcu_bp_read_unlock();
 	spans_free(stack, sp);
 	if (unmapped) {
 		count(&g->hdr->guest.bad_ranges);
-		return __dirty_err(-ENOENT, "dirty_guest_unmap: %llu of %llu pages were not mapped",
+		return __dirty_guest_err(-ENOENT, "dirty_guest_unmap: %llu of %llu pages were not mapped",
 				   (unsigned long long)unmapped, (unsigned long long)total);
 	}
 	return 0;
 }
 
-DIRTY_API int dirty_guest_sync_for_cpu_v(struct dirty_guest *g,
+GUEST_API int dirty_guest_sync_for_cpu_v(struct dirty_guest *g,
 					 const struct dirty_dma_piece *pieces,
 					 size_t n, enum dirty_dma_dir dir)
 {
@@ -442,24 +442,24 @@ DIRTY_API int dirty_guest_sync_for_cpu_v(struct dirty_guest *g,
 	int err;
 
 	if (!dir_ok(dir))
-		return __dirty_err(-EINVAL, "dirty_guest_sync_for_cpu: bad direction %d", (int)dir);
+		return __dirty_guest_err(-EINVAL, "dirty_guest_sync_for_cpu: bad direction %d", (int)dir);
 	if (n && !pieces)
-		return __dirty_err(-EINVAL, "dirty_guest_sync_for_cpu_v: NULL pieces");
+		return __dirty_guest_err(-EINVAL, "dirty_guest_sync_for_cpu_v: NULL pieces");
 	if (!(sp = spans_alloc(stack, n)))
-		return __dirty_err(-ENOMEM, "dirty_guest_sync_for_cpu_v: out of memory for %zu pieces", n);
+		return __dirty_guest_err(-ENOMEM, "dirty_guest_sync_for_cpu_v: out of memory for %zu pieces", n);
 	if ((err = spans_of(g, pieces, n, sp))) {
 		spans_free(stack, sp);
 		return err;
 	}
-	__dirty_rcu_lock();
+	urcu_bp_read_lock();
 	for (size_t k = 0; k < n; k++)
 		dirty_if(g, sp[k].first, sp[k].n, dir);
-	__dirty_rcu_unlock();
+	urcu_bp_read_unlock();
 	spans_free(stack, sp);
 	return 0;
 }
 
-DIRTY_API int dirty_guest_map(struct dirty_guest *g, uint64_t gpa, uint64_t len,
+GUEST_API int dirty_guest_map(struct dirty_guest *g, uint64_t gpa, uint64_t len,
 			      enum dirty_dma_dir dir)
 {
 	const struct dirty_dma_piece p = { gpa, len };
@@ -467,7 +467,7 @@ DIRTY_API int dirty_guest_map(struct dirty_guest *g, uint64_t gpa, uint64_t len,
 	return dirty_guest_map_v(g, &p, 1, dir);
 }
 
-DIRTY_API int dirty_guest_unmap(struct dirty_guest *g, uint64_t gpa, uint64_t len,
+GUEST_API int dirty_guest_unmap(struct dirty_guest *g, uint64_t gpa, uint64_t len,
 				enum dirty_dma_dir dir)
 {
 	const struct dirty_dma_piece p = { gpa, len };
@@ -475,7 +475,7 @@ DIRTY_API int dirty_guest_unmap(struct dirty_guest *g, uint64_t gpa, uint64_t le
 	return dirty_guest_unmap_v(g, &p, 1, dir);
 }
 
-DIRTY_API int dirty_guest_sync_for_cpu(struct dirty_guest *g, uint64_t gpa,
+GUEST_API int dirty_guest_sync_for_cpu(struct dirty_guest *g, uint64_t gpa,
 				       uint64_t len, enum dirty_dma_dir dir)
 {
 	const struct dirty_dma_piece p = { gpa, len };
@@ -483,18 +483,18 @@ DIRTY_API int dirty_guest_sync_for_cpu(struct dirty_guest *g, uint64_t gpa,
 	return dirty_guest_sync_for_cpu_v(g, &p, 1, dir);
 }
 
-DIRTY_API int dirty_guest_sync_for_device(struct dirty_guest *g, uint64_t gpa,
+GUEST_API int dirty_guest_sync_for_device(struct dirty_guest *g, uint64_t gpa,
 					  uint64_t len, enum dirty_dma_dir dir)
 {
 	uint64_t first, n;
 
 	/* Nothing to record: the pages stay pinned while the device owns them. */
 	if (!dir_ok(dir))
-		return __dirty_err(-EINVAL, "dirty_guest_sync_for_device: bad direction %d", (int)dir);
+		return __dirty_guest_err(-EINVAL, "dirty_guest_sync_for_device: bad direction %d", (int)dir);
 	return pages_of(g, gpa, len, &first, &n);
 }
 
-DIRTY_API int dirty_guest_poll(struct dirty_guest *g)
+GUEST_API int dirty_guest_poll(struct dirty_guest *g)
 {
 	uint64_t gen;
 	int acked = 0;
@@ -508,7 +508,7 @@ DIRTY_API int dirty_guest_poll(struct dirty_guest *g)
 		 * before the host set it ends before this returns; every one
 		 * that starts later reads it set.
 		 */
-		__dirty_rcu_synchronize();
+		urcu_bp_synchronize_rcu();
 		__atomic_store_n(&g->hdr->guest.ack_gen, gen, __ATOMIC_RELEASE);
 		g->acked_gen = gen;
 		acked = 1;
@@ -532,23 +532,23 @@ static void *agent_main(void *arg)
 	return NULL;
 }
 
-DIRTY_API int dirty_guest_agent_start(struct dirty_guest *g,
+GUEST_API int dirty_guest_agent_start(struct dirty_guest *g,
 				      unsigned int interval_ms)
 {
 	int err;
 
 	if (g->agent_running)
-		return __dirty_err(-EBUSY, "dirty_guest_agent_start: already running");
+		return __dirty_guest_err(-EBUSY, "dirty_guest_agent_start: already running");
 	g->agent_interval_ms = interval_ms ? interval_ms : 1;
 	atomic_store(&g->agent_stop, false);
 	err = pthread_create(&g->agent, NULL, agent_main, g);
 	if (err)
-		return __dirty_err(-err, "dirty_guest_agent_start: %s", strerror(err));
+		return __dirty_guest_err(-err, "dirty_guest_agent_start: %s", strerror(err));
 	g->agent_running = true;
 	return 0;
 }
 
-DIRTY_API int dirty_guest_info(struct dirty_guest *g,
+GUEST_API int dirty_guest_info(struct dirty_guest *g,
 			       struct dirty_guest_info *info)
 {
 	info->gpa_base = g->gpa_base;
@@ -556,12 +556,12 @@ DIRTY_API int dirty_guest_info(struct dirty_guest *g,
 	info->page_size = 1ull << g->page_shift;
 	info->host_major = g->host_major;
 	info->host_minor = g->host_minor;
-	info->tracking = tracking(g);
+	info->tracking = tracking_on(g);
 	info->pinned_pages = atomic_load_explicit(&g->npinned, memory_order_relaxed);
 	return 0;
 }
 
-DIRTY_API void dirty_guest_close(struct dirty_guest *g)
+GUEST_API void dirty_guest_close(struct dirty_guest *g)
 {
 	uint64_t left;
 

@@ -15,14 +15,14 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "guest_priv.h"
 #include "libdirty/guest.h"
 
 #define PM_PRESENT (1ull << 63)
 #define PM_PFN_MASK ((1ull << 55) - 1)
 #define BATCH 512	/* entries read per pread */
 
-DIRTY_API ssize_t dirty_guest_pieces(const void *va, size_t len,
+GUEST_API ssize_t dirty_guest_pieces(const void *va, size_t len,
 				     struct dirty_dma_piece *out, size_t max)
 {
 	uint64_t ps = (uint64_t)sysconf(_SC_PAGESIZE), start = (uint64_t)(uintptr_t)va;
@@ -33,17 +33,17 @@ DIRTY_API ssize_t dirty_guest_pieces(const void *va, size_t len,
 	if (!len)
 		return 0;
 	if (!va || start + len < start || (max && !out))
-		return __dirty_err(-EINVAL, "dirty_guest_pieces: bad buffer or output");
+		return __dirty_guest_err(-EINVAL, "dirty_guest_pieces: bad buffer or output");
 	last = (start + len - 1) / ps;
 	fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return __dirty_err(-errno, "cannot open /proc/self/pagemap: %s", strerror(errno));
+		return __dirty_guest_err(-errno, "cannot open /proc/self/pagemap: %s", strerror(errno));
 	for (uint64_t vp = first; vp <= last && !err;) {
 		uint64_t k = last - vp + 1 < BATCH ? last - vp + 1 : BATCH;
 		ssize_t got = pread(fd, ent, k * 8, (off_t)(vp * 8));
 
 		if (got < (ssize_t)8) {
-			err = __dirty_err(got < 0 ? -errno : -EIO, "reading /proc/self/pagemap at %#llx: %s",
+			err = __dirty_guest_err(got < 0 ? -errno : -EIO, "reading /proc/self/pagemap at %#llx: %s",
 					  (unsigned long long)(vp * ps), got < 0 ? strerror(errno) : "short read");
 			break;
 		}
@@ -52,12 +52,12 @@ DIRTY_API ssize_t dirty_guest_pieces(const void *va, size_t len,
 			uint64_t pfn = ent[i] & PM_PFN_MASK, a, e, gpa;
 
 			if (!(ent[i] & PM_PRESENT)) {
-				err = __dirty_err(-EFAULT, "page at %#llx is not resident: DMA-map or mlock() the buffer before asking for its pieces",
+				err = __dirty_guest_err(-EFAULT, "page at %#llx is not resident: DMA-map or mlock() the buffer before asking for its pieces",
 						  (unsigned long long)(vp * ps));
 				break;
 			}
 			if (!pfn) {
-				err = __dirty_err(-EPERM, "/proc/self/pagemap shows frame numbers as 0: reading them needs CAP_SYS_ADMIN (run the driver as root)");
+				err = __dirty_guest_err(-EPERM, "/proc/self/pagemap shows frame numbers as 0: reading them needs CAP_SYS_ADMIN (run the driver as root)");
 				break;
 			}
 			a = vp == first ? start : vp * ps;

@@ -415,15 +415,16 @@ START_TEST(pieces_from_pagemap)
 	ck_assert_ptr_ne(buf, MAP_FAILED);
 	/* Not resident yet: refused, never a wrong address. */
 	ck_assert_int_eq(dirty_guest_pieces(buf, len, p, 64), -EFAULT);
-	ck_assert_msg(strstr(dirty_last_error(), "mlock") != NULL, "%s", dirty_last_error());
+	ck_assert_msg(strstr(dirty_guest_last_error(), "mlock") != NULL, "%s", dirty_guest_last_error());
 	ck_assert_int_eq(mlock(buf, len), 0);
 	n = dirty_guest_pieces(buf + 100, len - 200, p, 64);
 	if (n == -EPERM) {
 		ck_assert_msg(geteuid() != 0, "root read frame numbers as 0?");
-		ck_assert_msg(strstr(dirty_last_error(), "CAP_SYS_ADMIN") != NULL, "%s", dirty_last_error());
-		printf("pieces_from_pagemap: not root, frame numbers hidden: %s\n", dirty_last_error());
+		ck_assert_msg(strstr(dirty_guest_last_error(), "CAP_SYS_ADMIN") != NULL, "%s",
+			      dirty_guest_last_error());
+		printf("pieces_from_pagemap: not root, frame numbers hidden: %s\n", dirty_guest_last_error());
 	} else {
-		ck_assert_msg(n > 0 && n <= 64, "%zd pieces: %s", n, dirty_last_error());
+		ck_assert_msg(n > 0 && n <= 64, "%zd pieces: %s", n, dirty_guest_last_error());
 		for (ssize_t i = 0; i < n; i++) {
 			ck_assert_uint_ne(p[i].gpa, 0);
 			total += p[i].len;
@@ -452,7 +453,7 @@ START_TEST(pieces_from_pagemap)
 				if (setuid(65534) || prctl(PR_SET_DUMPABLE, 1))
 					_exit(3);
 				r = dirty_guest_pieces(buf, len, p, 64);
-				_exit(r == -EPERM && strstr(dirty_last_error(), "CAP_SYS_ADMIN") ? 0 : 1);
+				_exit(r == -EPERM && strstr(dirty_guest_last_error(), "CAP_SYS_ADMIN") ? 0 : 1);
 			}
 			ck_assert_int_eq(waitpid(pid, &st, 0), pid);
 			ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
@@ -561,7 +562,7 @@ START_TEST(guest_refuses_bad_regions)
 	dirty_guest_close(g);
 	h->major = 2;
 	ck_assert_int_eq(dirty_guest_open_mem(m, l.region_size, &g), -EPROTONOSUPPORT);
-	ck_assert_msg(strstr(dirty_last_error(), "v2.7") != NULL, "%s", dirty_last_error());
+	ck_assert_msg(strstr(dirty_guest_last_error(), "v2.7") != NULL, "%s", dirty_guest_last_error());
 	h->major = 1;
 	h->magic ^= 1;
 	ck_assert_int_eq(dirty_guest_open_mem(m, l.region_size, &g), -EPROTO);

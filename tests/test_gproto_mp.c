@@ -210,7 +210,7 @@ static void gfail(struct guest *gu, const char *what, int err)
 {
 	if (atomic_fetch_add(&gu->st->errors, 1) == 0)
 		snprintf(gu->st->msg, sizeof(gu->st->msg), "guest %d: %s: %d (%s)",
-			 gu->id, what, err, dirty_last_error());
+			 gu->id, what, err, dirty_guest_last_error());
 }
 
 static uint64_t gpa_of(uint64_t p)

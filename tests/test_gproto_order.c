@@ -37,7 +37,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include <urcu/urcu-bp.h>
+
 #include "libdirty.h"
 #include "libdirty/guest.h"
 #include "libdirty/proto.h"
@@ -154,11 +155,13 @@ static void *reader_main(void *arg)
 {
 	struct reader *r = arg;
 
-	__dirty_rcu_lock();	/* what dirty_guest_unmap() holds around its flag read */
+	/* The guest library's RCU is liburcu-bp's, one per process: this read
+	 * section is what dirty_guest_unmap() holds around its flag read. */
+	urcu_bp_read_lock();
 	atomic_store(&r->inside, true);
 	while (!atomic_load(&r->leave))
 		usleep(100);
-	__dirty_rcu_unlock();
+	urcu_bp_read_unlock();
 	return NULL;
 }
 

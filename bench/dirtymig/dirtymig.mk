@@ -17,7 +17,7 @@ URING_LIBS   = $$(pkg-config --libs liburing)
 dirtymig: $(DIRTYMIG_BIN)
 bench: $(DIRTYMIG_BIN)
 
-$(DIRTYMIG_BIN): $(DIRTYMIG_SRCS) $(DIRTYMIG_HDRS) bench/dirtymig/dirtymig.mk $(ARLIB) $(KVM_VMM_OBJS) tests/kvm/vmm.h tests/kvm/payload-abi.h | $(DEPS_STAMP)
+$(DIRTYMIG_BIN): $(DIRTYMIG_SRCS) $(DIRTYMIG_HDRS) bench/dirtymig/dirtymig.mk $(ALL_ARLIBS) $(KVM_VMM_OBJS) tests/kvm/vmm.h tests/kvm/payload-abi.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(URING_CFLAGS) -Ibench -Ibench/dirtymig -Itests/kvm -Itests -o $@ \
-	  $(DIRTYMIG_SRCS) $(KVM_VMM_OBJS) $(ARLIB) $(URING_LIBS) $(LIB_LIBS) -lm
+	  $(DIRTYMIG_SRCS) $(KVM_VMM_OBJS) $(ALL_ARLIBS) $(URING_LIBS) $(LIB_LIBS) -lm

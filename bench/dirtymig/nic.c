@@ -49,7 +49,7 @@ static void nic_error(struct nic *n, const char *what, int err)
 {
 	if (atomic_fetch_add(&n->bad, 1) == 0)
 		snprintf(n->err, sizeof(n->err), "%s: %s (%s)", what, strerror(-err),
-			 dirty_last_error());
+			 dirty_guest_last_error());
 }
 
 /* Post the next pool page in descriptor i: hand it to the device, then publish. */
@@ -92,13 +92,13 @@ int nic_init(struct nic *n, struct workload *w, int gp_fd, char *err, size_t err
 	if ((e = dirty_guest_open_fd(gp_fd, &n->g)) ||
 	    (e = dirty_guest_agent_start(n->g, 1)) ||
 	    (e = dirty_guest_map(n->g, n->desc_gpa, n->desc_bytes, DIRTY_BIDIRECTIONAL))) {
-		snprintf(err, errlen, "NIC driver: %s", dirty_last_error());
+		snprintf(err, errlen, "NIC driver: %s", dirty_guest_last_error());
 		return e;
 	}
 	memset(w->cpu + n->desc_gpa, 0, n->desc_bytes);
 	for (unsigned int i = 0; i < n->ring; i++)
 		if ((e = post(n, i))) {
-			snprintf(err, errlen, "NIC driver: posting RX buffer %u: %s", i, dirty_last_error());
+			snprintf(err, errlen, "NIC driver: posting RX buffer %u: %s", i, dirty_guest_last_error());
 			return e;
 		}
 	return 0;

@@ -13,7 +13,10 @@
  * in this process (reference counted); a pin bit this process found set by
  * another client is never cleared by it (counted in the region's
  * pin_conflicts). All calls are thread-safe and return 0 or -errno; the
- * calling thread's message is in dirty_last_error().
+ * calling thread's message is in dirty_guest_last_error().
+ *
+ * This is libdirty-guest, a library of its own (pkg-config libdirty-guest):
+ * it needs nothing of the host library, only liburcu-bp.
  */
 #ifndef LIBDIRTY_GUEST_H
 #define LIBDIRTY_GUEST_H
@@ -27,6 +30,9 @@ extern "C" {
 #endif
 
 struct dirty_guest;
+
+/* Message for the calling thread's most recent failed guest call ("" if none). */
+const char *dirty_guest_last_error(void);
 
 enum dirty_dma_dir {
 	DIRTY_TO_DEVICE = 1,

@@ -1,5 +1,5 @@
 # tests/fuzz/fuzz.mk - libFuzzer targets; included at the end of the top
-# Makefile (it uses LIB_SRCS, LIB_HDRS, URCU_LIBS and DEPS_STAMP from it).
+# Makefile (it uses LIB_SRCS, GUEST_SRCS, URCU_LIBS and DEPS_STAMP from it).
 #
 #   make fuzz-build   build/fuzz/fuzz_host_region, build/fuzz/fuzz_guest_open
 #   make fuzz         run each for FUZZ_SECONDS (default 300) on a copy of its
@@ -28,9 +28,9 @@ FUZZ_RUN_FLAGS := -timeout=25 -rss_limit_mb=2048 -print_final_stats=1
 
 fuzz-build: $(FUZZ_BINS)
 
-$(FUZZ_BINS): $(FUZZ_OUT)/%: tests/fuzz/%.c $(LIB_SRCS) $(LIB_HDRS) tests/fuzz/fuzz.mk | $(DEPS_STAMP)
+$(FUZZ_BINS): $(FUZZ_OUT)/%: tests/fuzz/%.c $(LIB_SRCS) $(GUEST_SRCS) tests/fuzz/fuzz.mk | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(LIB_SRCS) $(URCU_LIBS) -pthread
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -o $@ $< $(LIB_SRCS) $(GUEST_SRCS) $(URCU_LIBS) -pthread
 
 fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \

@@ -1,6 +1,6 @@
 # tests/kvm/kvm.mk - the real-KVM test tier: the 32-bit guest payload, the
 # test VMM and the tests that run them. Included by the top Makefile after
-# its own rules; uses BUILD, CC, CFLAGS, BASE_CFLAGS, ARLIB, LIB_HDRS,
+# its own rules; uses BUILD, CC, CFLAGS, BASE_CFLAGS, ALL_ARLIBS,
 # CHECK_LIBS, LIB_LIBS and DEPS_STAMP from it.
 #
 #   $(KVM_TEST_BINS)        the test binaries (add them to the runner's list)
@@ -62,12 +62,12 @@ $(KVM_OUT)/vmm.o: tests/kvm/vmm.c tests/kvm/vmm.h tests/kvm/payload-abi.h | $(DE
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests/kvm -c -o $@ $<
 
 $(KVM_TEST_BINS): $(BUILD)/tests/%: tests/kvm/%.c $(KVM_VMM_OBJS) tests/kvm/vmm.h \
-		tests/kvm/payload-abi.h tests/testutil.h $(LIB_HDRS) $(ARLIB)
+		$(ALL_ARLIBS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests -Itests/kvm -o $@ $< $(KVM_VMM_OBJS) \
-	  $(ARLIB) $(CHECK_LIBS) $(LIB_LIBS)
+	  $(ALL_ARLIBS) $(CHECK_LIBS) $(LIB_LIBS)
 
 # kvm-bench drives the same test VMM and payload as the KVM suites.
-$(BUILD)/bin/kvm-bench: bench/kvm-bench.c bench/benchutil.h $(KVM_VMM_OBJS) $(ARLIB) tests/kvm/vmm.h
+$(BUILD)/bin/kvm-bench: bench/kvm-bench.c $(KVM_VMM_OBJS) $(ALL_ARLIBS)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests/kvm -o $@ $< $(KVM_VMM_OBJS) $(ARLIB) $(LIB_LIBS) -lm
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests/kvm -o $@ $< $(KVM_VMM_OBJS) $(ALL_ARLIBS) $(LIB_LIBS) -lm

@@ -39,7 +39,7 @@ VM_GUEST_SRCS := $(filter-out $(VM_GUEST_LIB_SRCS),$(wildcard tests/vm/guest/*.c
 VM_GUEST_BINS := $(patsubst tests/vm/guest/%.c,$(VM_OUT)/%,$(VM_GUEST_SRCS))
 VM_TEST_SCRIPTS := $(wildcard tests/vm/t_vm_*.sh)
 VM_LIBDIRTY_BINS := $(VM_GUEST_BINS)
-VM_LIBDIRTY_OBJS := $(patsubst %.c,$(VM_OUT)/libdirty-obj/%.o,$(LIB_SRCS))
+VM_LIBDIRTY_OBJS := $(patsubst %.c,$(VM_OUT)/libdirty-obj/%.o,$(LIB_SRCS) $(GUEST_SRCS))
 VM_LIBDIRTY_AR := $(VM_OUT)/lib/libdirty-vm.a
 VM_INITRDS := $(patsubst %,$(VM_OUT)/initramfs-%.cpio.gz,$(VM_KERNELS))
 # Host-side halves of tier tests (tests/vm/host/*.c): they run on this host,
@@ -51,24 +51,23 @@ VM_HOST_BINS := $(patsubst tests/vm/host/%.c,$(VM_OUT)/host/%,$(VM_HOST_SRCS))
 vm-guest: $(VM_GUEST_BINS) $(VM_HOST_BINS)
 tests: $(VM_GUEST_BINS) $(VM_HOST_BINS)
 
-$(VM_HOST_BINS): $(VM_OUT)/host/%: tests/vm/host/%.c $(ARLIB) $(LIB_HDRS)
+$(VM_HOST_BINS): $(VM_OUT)/host/%: tests/vm/host/%.c $(ALL_ARLIBS)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests -o $@ $< $(ARLIB) $(LIB_LIBS)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests -o $@ $< $(ALL_ARLIBS) $(LIB_LIBS)
 
 $(VM_GUEST_LIB_OBJS): $(VM_OUT)/%.o: tests/vm/guest/%.c $(VM_GUEST_HDRS)
 	@mkdir -p $(@D)
 	$(VM_GUEST_CC) $(VM_GUEST_CFLAGS) -c -o $@ $<
 
-$(VM_LIBDIRTY_OBJS): $(VM_OUT)/libdirty-obj/%.o: %.c $(LIB_HDRS) | $(DEPS_STAMP)
+$(VM_LIBDIRTY_OBJS): $(VM_OUT)/libdirty-obj/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(VM_GUEST_CC) $(VM_GUEST_CFLAGS) -Ilibdirty -fvisibility=hidden \
-	  -DLIBDIRTY_VERSION_STRING='"$(VERSION)"' -c -o $@ $<
+	$(VM_GUEST_CC) $(VM_GUEST_CFLAGS) -Ilibdirty -fvisibility=hidden -MMD -MP -c -o $@ $<
 
 $(VM_LIBDIRTY_AR): $(VM_LIBDIRTY_OBJS)
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
 
-$(VM_LIBDIRTY_BINS): $(VM_OUT)/%: tests/vm/guest/%.c $(VM_GUEST_LIB_OBJS) $(VM_GUEST_HDRS) $(VM_LIBDIRTY_AR) $(LIB_HDRS)
+$(VM_LIBDIRTY_BINS): $(VM_OUT)/%: tests/vm/guest/%.c $(VM_GUEST_LIB_OBJS) $(VM_GUEST_HDRS) $(VM_LIBDIRTY_AR)
 	@mkdir -p $(@D)
 	$(VM_GUEST_CC) $(VM_GUEST_CFLAGS) -o $@ $< $(VM_GUEST_LIB_OBJS) $(VM_LIBDIRTY_AR) \
 	  $$(pkg-config --libs liburcu-bp) -pthread

@@ -89,8 +89,8 @@ static void fail(const char *fmt, ...)
 #define TRY(call) do { \
 		int rc_ = (call); \
 		if (rc_ < 0) { \
-			fail("%s:%d %s = %d (%s): %s", __func__, __LINE__, #call, rc_, \
-			     strerror(-rc_), dirty_last_error()); \
+			fail("%s:%d %s = %d (%s): %s%s", __func__, __LINE__, #call, rc_, \
+			     strerror(-rc_), dirty_last_error(), dirty_guest_last_error()); \
 			goto out; \
 		} \
 	} while (0)
