@@ -71,9 +71,13 @@ TEST_SCRIPTS := $(wildcard tests/t_*.sh)
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bin/%,$(BENCH_SRCS))
 
-.PHONY: all lib tests bench check asan tsan demo install uninstall deps clean
+# Shared by tests, benchmarks and tools (never the library); its variables
+# are used by the rules below.
+include support/support.mk
 
-all: lib tests bench
+.PHONY: all lib tests bench tools check asan tsan demo install uninstall deps clean
+
+all: lib tests bench tools
 
 lib: $(SOLIB) $(ARLIB) $(GUEST_SOLIB) $(GUEST_ARLIB)
 tests: $(TEST_BINS)
@@ -132,14 +136,15 @@ $(GUEST_ARLIB): $(GUEST_OBJS)
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
 
-# Tests and benchmarks link the static libraries: they may use internal headers.
+# Tests and benchmarks link the static libraries: they may use internal
+# headers (the core's, and the adapters' uapi fallbacks in compat.h).
 $(BUILD)/tests/%: tests/%.c $(ALL_ARLIBS)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests -o $@ $< $(ALL_ARLIBS) $(CHECK_LIBS) $(LIB_LIBS)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests -Ihv-adapters $(SUPPORT_CFLAGS) -o $@ $< $(ALL_ARLIBS) $(CHECK_LIBS) $(LIB_LIBS)
 
-$(BUILD)/bin/%: bench/%.c $(ALL_ARLIBS)
+$(BUILD)/bin/%: bench/%.c $(SUPPORT_AR) $(ALL_ARLIBS)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(BASE_CFLAGS) -o $@ $< $(ALL_ARLIBS) $(LIB_LIBS) -lm
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(SUPPORT_CFLAGS) -o $@ $< $(SUPPORT_AR) $(ALL_ARLIBS) $(LIB_LIBS) -lm
 
 check: all
 	@BUILD=$(BUILD) SAN=$(SAN) CC="$(CC)" tests/run-tests.sh $(TEST_BINS) $(KVM_TEST_BINS) $(TEST_SCRIPTS) \
@@ -189,11 +194,11 @@ clean:
 	rm -rf $(BUILD)
 
 # After `all` and the variables they use: libFuzzer targets (make fuzz),
-# the KVM test VMM, guest payload and KVM suites, the dirtymig harness, the
+# the KVM suites, the dirtymig harness (tools), the
 # VM tier (Debian kernels under QEMU TCG: VFIO and the guest side).
 include tests/fuzz/fuzz.mk
 include tests/kvm/kvm.mk
-include bench/dirtymig/dirtymig.mk
+include tools/dirtymig/dirtymig.mk
 include tests/vm/vm.mk
 
 # Header dependencies that -MMD wrote last time (none on a first build).

@@ -9,7 +9,7 @@
  * Reproduce:  make build/bin/kvm-bench && build/bin/kvm-bench [--json]
  *             build/bin/kvm-bench --quick      (smoke test, about a second)
  *
- * Per mode (bitmap, clear-log, ring) one VM (tests/kvm/vmm.h): one
+ * Per mode (bitmap, clear-log, ring) one VM (support/kvm/vmm.h): one
  * dirty-logged slot of --mem-mib RAM, two vCPUs running the payload. Each
  * round the guest stamps N distinct random pages (WRITE_PAGES, one word
  * each) and one side harvests them: vCPU 1 writes for the raw side, vCPU 0
@@ -37,7 +37,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "benchutil.h"
+#include "clock.h"
+#include "opts.h"
+#include "rng.h"
+#include "stats.h"
 #include "libdirty.h"
 #include "vmm.h"
 
@@ -327,47 +330,28 @@ static void usage(FILE *f)
 }
 
 /* The number in s if it lies in [lo, hi], else 0. */
-static long num_arg(const char *s, long lo, long hi)
-{
-	char *end;
-	long v;
-
-	errno = 0;
-	v = s ? strtol(s, &end, 10) : 0;
-	return s && *s && !*end && !errno && v >= lo && v <= hi ? v : 0;
-}
-
 int main(int argc, char **argv)
 {
 	double worst[3] = { 0 };
 	uint32_t worst_n[3] = { 0 };
 	bool json = false, quick = false;
 	long mib = 0, reps = 0;
+	double nmib = 0, nreps = 0;
 	int rc = 0;
 	double *t;
 
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+	const struct opt opts[] = {
+		OPT_FLAG_("--json", &json),
+		OPT_FLAG_("--quick", &quick),
+		OPT_NUM_("--reps", &nreps, 1, 1000, true),
+		/* Below 4 GiB: the payload runs without paging. */
+		OPT_NUM_("--mem-mib", &nmib, 64, 3072, true),
+	};
 
-		if (!strcmp(a, "--help")) {
-			usage(stdout);
-			return 0;
-		} else if (!strcmp(a, "--json")) {
-			json = true;
-		} else if (!strcmp(a, "--quick")) {
-			quick = true;
-		} else if (!strcmp(a, "--reps") && (reps = num_arg(val, 1, 1000))) {
-			i++;
-		} else if (!strcmp(a, "--mem-mib") && (mib = num_arg(val, 64, 3072))) {
-			i++;	/* below 4 GiB: the payload runs without paging */
-		} else {
-			fprintf(stderr, "kvm-bench: bad argument '%s'%s\n\n", a,
-				!strcmp(a, "--reps") ? " (needs 1..1000)" :
-				!strcmp(a, "--mem-mib") ? " (needs 64..3072)" : "");
-			usage(stderr);
-			return 2;
-		}
-	}
+	if ((rc = opts_parse("kvm-bench", argc, argv, 1, opts, sizeof(opts) / sizeof(opts[0]), usage)))
+		return rc == OPTS_HELP ? 0 : 2;
+	reps = (long)nreps;
+	mib = (long)nmib;
 	reps = reps ? reps : quick ? 3 : 21;
 	mib = mib ? mib : quick ? 256 : 1024;
 	kvm_require();		/* exit 77 with "SKIP: <why>" */

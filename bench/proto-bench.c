@@ -25,7 +25,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "benchutil.h"
+#include "clock.h"
+#include "opts.h"
+#include "rng.h"
+#include "stats.h"
 #include "libdirty.h"
 #include "libdirty/guest.h"
 #include "libdirty/proto.h"
@@ -343,30 +346,22 @@ int main(int argc, char **argv)
 	struct guest G = { 0 };
 	uint32_t *hidx[2] = { NULL, NULL };	/* host pages: [1] is the random order */
 	bool json = false, quick = false, tty = isatty(STDERR_FILENO);
-	long gmib = 0, wmib = 0, hgib = 0, nreps = 0;
+	double gmib = 0, wmib = 0, hgib = 0, nreps = 0;
 	int err = -ENOMEM;
 
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+	/* The caps keep page numbers inside the 32-bit orders. */
+	const struct opt opts[] = {
+		OPT_FLAG_("--json", &json),
+		OPT_FLAG_("--quick", &quick),
+		OPT_NUM_("--reps", &nreps, 1, 1000, true),
+		OPT_NUM_("--guest-mib", &gmib, 1, 1 << 20, true),
+		OPT_NUM_("--write-mib", &wmib, 1, 1 << 16, true),
+		OPT_NUM_("--harvest-gib", &hgib, 1, 1024, true),
+	};
+	int rc = opts_parse("proto-bench", argc, argv, 1, opts, sizeof(opts) / sizeof(opts[0]), usage);
 
-		if (!strcmp(a, "--help")) {
-			usage(stdout);
-			return 0;
-		} else if (!strcmp(a, "--json")) {
-			json = true;
-		} else if (!strcmp(a, "--quick")) {
-			quick = true;
-		} else if ((!strcmp(a, "--reps") && !bench_parse_long(val, 1, 1000, &nreps)) ||
-			   (!strcmp(a, "--guest-mib") && !bench_parse_long(val, 1, 1 << 20, &gmib)) ||
-			   (!strcmp(a, "--write-mib") && !bench_parse_long(val, 1, 1 << 16, &wmib)) ||
-			   (!strcmp(a, "--harvest-gib") && !bench_parse_long(val, 1, 1024, &hgib))) {
-			i++;	/* the caps keep page numbers inside the 32-bit orders */
-		} else {
-			fprintf(stderr, "proto-bench: bad argument '%s' (unknown, or its value missing or out of range)\n\n", a);
-			usage(stderr);
-			return 2;
-		}
-	}
+	if (rc)
+		return rc == OPTS_HELP ? 0 : 2;
 	reps = (int)(nreps ? nreps : quick ? 3 : 5);
 	G.npages = (uint64_t)(gmib ? gmib : quick ? 256 : 4096) << (20 - PAGE_SHIFT);
 	G.wpages = (uint64_t)(wmib ? wmib : quick ? 64 : 1024) << (20 - PAGE_SHIFT);
@@ -434,7 +429,7 @@ int main(int argc, char **argv)
 		err = run_harvest(hview, hgp, hidx[1], cfg.len >> PAGE_SHIFT, fractions[f], &H[f]);
 	}
 	if (!err)
-		print_results(&G, H, json, hgib);
+		print_results(&G, H, json, (long)hgib);
 out:
 	dirty_guest_close(G.g);
 	dirty_view_free(gview);		/* and the gp sources with them */

@@ -34,7 +34,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "benchutil.h"
+#include "clock.h"
+#include "opts.h"
+#include "rng.h"
+#include "stats.h"
 #include "libdirty.h"
 
 #define PAGE_SHIFT 12
@@ -278,21 +281,6 @@ static void usage(FILE *f)
 "exits 77.\n", f);
 }
 
-static int parse_num(const char *s, double lo, double hi, double *out)
-{
-	char *end;
-	double v;
-
-	if (!s)
-		return -EINVAL;
-	errno = 0;
-	v = strtod(s, &end);
-	if (!*s || *end || errno || !(v >= lo && v <= hi))
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 static void print_results(const struct harvest_result *h, const struct fault_result *f,
 			  bool json, const struct bench *b)
 {
@@ -344,31 +332,16 @@ int main(int argc, char **argv)
 	double gib = 0, reps = 0;
 	int fd = -1, err = 0;
 
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+	const struct opt opts[] = {
+		OPT_FLAG_("--json", &json),
+		OPT_FLAG_("--quick", &quick),
+		OPT_FLAG_("--busy", &b.busy),
+		OPT_NUM_("--reps", &reps, 1, 1000, true),
+		OPT_NUM_("--gib", &gib, 1.0 / 64, 1024, false),
+	};
 
-		if (!strcmp(a, "--help")) {
-			usage(stdout);
-			return 0;
-		} else if (!strcmp(a, "--json")) {
-			json = true;
-		} else if (!strcmp(a, "--quick")) {
-			quick = true;
-		} else if (!strcmp(a, "--busy")) {
-			b.busy = true;
-		} else if (!strcmp(a, "--reps") && !parse_num(val, 1, 1000, &reps) &&
-			   reps == floor(reps)) {
-			i++;
-		} else if (!strcmp(a, "--gib") && !parse_num(val, 1.0 / 64, 1024, &gib)) {
-			i++;
-		} else {
-			fprintf(stderr, "uffd-bench: bad argument '%s'%s\n\n", a,
-				!strcmp(a, "--reps") ? " (needs a whole number 1..1000)" :
-				!strcmp(a, "--gib") ? " (needs 1/64..1024)" : "");
-			usage(stderr);
-			return 2;
-		}
-	}
+	if ((err = opts_parse("uffd-bench", argc, argv, 1, opts, sizeof(opts) / sizeof(opts[0]), usage)))
+		return err == OPTS_HELP ? 0 : 2;
 	if (dirty_uffd_probe() != 0) {
 		fprintf(stderr, "uffd-bench: %s\n", dirty_last_error());
 		return 77;

@@ -30,7 +30,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "benchutil.h"
+#include "clock.h"
+#include "opts.h"
+#include "rng.h"
+#include "stats.h"
 #include "libdirty.h"
 
 #define PAGE_SHIFT 12
@@ -363,33 +366,21 @@ int main(int argc, char **argv)
 	struct result res[2 * NFRAC];
 	struct bench b = { 0 };
 	bool json = false, quick = false;
-	long gib = 0, reps = 0;
+	double gib = 0, reps = 0;
 	char *mem = NULL;
 	int err = 0;
 
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+	const struct opt opts[] = {
+		OPT_FLAG_("--json", &json),
+		OPT_FLAG_("--quick", &quick),
+		OPT_NUM_("--reps", &reps, 1, 1000, true),
+		/* The cap keeps the index sums' products inside 64 bits. */
+		OPT_NUM_("--gib", &gib, 1, 4096, true),
+	};
+	int rc = opts_parse("view-bench", argc, argv, 1, opts, sizeof(opts) / sizeof(opts[0]), usage);
 
-		if (!strcmp(a, "--help")) {
-			usage(stdout);
-			return 0;
-		} else if (!strcmp(a, "--json")) {
-			json = true;
-		} else if (!strcmp(a, "--quick")) {
-			quick = true;
-		} else if (!strcmp(a, "--reps") && !bench_parse_long(val, 1, 1000, &reps)) {
-			i++;
-		} else if (!strcmp(a, "--gib") && !bench_parse_long(val, 1, 4096, &gib)) {
-			/* The cap keeps the index sums' products inside 64 bits. */
-			i++;
-		} else {
-			fprintf(stderr, "view-bench: bad argument '%s'%s\n\n", a,
-				!strcmp(a, "--reps") ? " (needs 1..1000)" :
-				!strcmp(a, "--gib") ? " (needs 1..4096)" : "");
-			usage(stderr);
-			return 2;
-		}
-	}
+	if (rc)
+		return rc == OPTS_HELP ? 0 : 2;
 	b.reps = (int)(reps ? reps : quick ? 2 : 5);
 	gib = gib ? gib : quick ? 4 : 64;
 	b.npages = (uint64_t)gib << (30 - PAGE_SHIFT);
@@ -440,7 +431,7 @@ int main(int argc, char **argv)
 		free(in.ranges);
 	}
 	if (!err)
-		print_results(res, json, gib, &b);
+		print_results(res, json, (long)gib, &b);
 out:
 	dirty_claim_free(b.cl);
 	dirty_view_free(b.view);

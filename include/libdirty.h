@@ -10,7 +10,8 @@
  * while regions are added and removed.
  *
  * One header per part, each usable alone: libdirty/view.h, source.h,
- * memsrc.h, gproto.h, kvm.h, uffd.h, vfio.h, migrate.h; version.h. The
+ * memsrc.h, gproto.h, kvm.h, uffd.h, vfio.h (type1, DMA logging), iommufd.h,
+ * migrate.h; version.h. The
  * guest side is a separate library (libdirty-guest: libdirty/guest.h).
  */
 #ifndef LIBDIRTY_H
@@ -24,6 +25,7 @@
 #include <libdirty/kvm.h>
 #include <libdirty/uffd.h>
 #include <libdirty/vfio.h>
+#include <libdirty/iommufd.h>
 #include <libdirty/migrate.h>
 
 #endif /* LIBDIRTY_H */

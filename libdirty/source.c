@@ -220,17 +220,21 @@ DIRTY_API int dirty_view_start(struct dirty_view *view)
 	for (s = view->sources; s; s = s->next) {
 		if (s->started)
 			continue;
+		__dirty_err(0, "%s", "");	/* what is there after start is the source's */
 		err = s->ops.start ? s->ops.start(s) : 0;
 		if (err < 0) {
 			const char *name = s->ops.name ? s->ops.name : "?";
+			char why[256];
 
+			/* The source's own message says what to do; stopping the others may overwrite it. */
+			snprintf(why, sizeof(why), "%s", *dirty_last_error() ? dirty_last_error() : strerror(-err));
 			for (struct dirty_source *u = view->sources; u != s; u = u->next) {
 				if (u->started && u->ops.stop)
 					u->ops.stop(u);
 				u->started = false;
 			}
-			err = __dirty_err(err, "source '%s' failed to start (%d); no source is running",
-					  name, err);
+			err = __dirty_err(err, "source '%s' failed to start: %s; no source is running",
+					  name, why);
 			break;
 		}
 		s->started = true;

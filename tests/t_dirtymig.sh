@@ -178,7 +178,7 @@ start_dest() {  # extra dest options
   exit 1
 }
 
-# Send a crafted stream (wire format: bench/dirtymig/stream.h).
+# Send a crafted stream (wire format: tools/dirtymig/transport/stream.h).
 craft() {
   python3 - "$port" "$1" <<'PY'
 import socket, struct, sys

@@ -68,23 +68,6 @@
 
 static uint64_t base_seed;
 
-static uint64_t rnd(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* ---- memory ------------------------------------------------------------- */
 
 enum mem_kind { MEM_MEMFD, MEM_SHARED_ANON, MEM_PRIVATE_ANON, MEM_KINDS };
@@ -243,7 +226,7 @@ static void exact_sets_kind(enum mem_kind kind)
 	rig_up(&r, kind, np);
 	/* Populate about half of it, leave the rest never touched. */
 	for (uint64_t p = 0; p < np; p++)
-		if (p != U && p != R && p != D && (rnd(&seed) & 1))
+		if (p != U && p != R && p != D && (splitmix64(&seed) & 1))
 			poke(r.m.cpu, p, 1);
 	sink += peek(r.m.cpu, R);
 	if (r.m.dma)
@@ -269,7 +252,7 @@ static void exact_sets_kind(enum mem_kind kind)
 	for (int round = 0; round < 4; round++) {
 		memset(want, 0, np);
 		for (int i = 0; i < 150; i++) {
-			uint64_t p = rnd(&seed) % np;
+			uint64_t p = splitmix64(&seed) % np;
 
 			want[p] = 1;
 			poke(r.m.cpu, p, (uint64_t)round + 10);
@@ -329,11 +312,11 @@ START_TEST(dma_invisible)
 		memset(want, 0, np);
 		/* DMA writes everywhere, including pages the CPU also writes. */
 		for (int i = 0; i < 400; i++)
-			poke(r.m.dma, rnd(&seed) % np, 0xd0 + (uint64_t)round);
+			poke(r.m.dma, splitmix64(&seed) % np, 0xd0 + (uint64_t)round);
 		for (uint64_t p = (uint64_t)round * 700; p < (uint64_t)round * 700 + 64; p++)
 			poke(r.m.dma, p, 0xdd);
 		for (int i = 0; i < 100; i++) {
-			uint64_t p = rnd(&seed) % np;
+			uint64_t p = splitmix64(&seed) % np;
 
 			want[p] = 1;
 			poke(r.m.cpu, p, 0xc0 + (uint64_t)round);
@@ -385,7 +368,7 @@ static void *cpu_writer_main(void *arg)
 	uint64_t own = (rc->ncpu - w->id + RW_WRITERS - 1) / RW_WRITERS, n = 0;
 
 	while (!atomic_load_explicit(&rc->stop, memory_order_relaxed)) {
-		uint64_t p = (rnd(&w->seed) % own) * RW_WRITERS + w->id;
+		uint64_t p = (splitmix64(&w->seed) % own) * RW_WRITERS + w->id;
 		uint64_t stamp = atomic_fetch_add(&rc->started[p], 1) + 1;
 
 		poke(rc->r.m.cpu, p, stamp);	/* stamp the page ... */
@@ -408,7 +391,7 @@ static void *dma_writer_main(void *arg)
 	uint64_t ndma = rc->r.npages - rc->ncpu, n = 0;
 
 	while (!atomic_load_explicit(&rc->stop, memory_order_relaxed)) {
-		poke(rc->r.m.dma, rc->ncpu + rnd(&w->seed) % ndma, ++n);
+		poke(rc->r.m.dma, rc->ncpu + splitmix64(&w->seed) % ndma, ++n);
 		if (!(n % 32))
 			usleep(100);
 	}

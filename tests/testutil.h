@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "clock.h"
+#include "rng.h"
+
 #define TEST_SKIP 77
 
 /* Skip the whole binary, saying exactly what is missing. */
@@ -37,29 +40,10 @@ static inline double test_scale(void)
 	return v > 0 ? v : 1.0;
 }
 
-/* splitmix64: reproducible from a printed seed. */
-static inline uint64_t test_rnd(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-/* A number in [0, n). */
-static inline uint64_t test_below(uint64_t *s, uint64_t n)
-{
-	return n ? test_rnd(s) % n : 0;
-}
-
-static inline double test_now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+/* The support generator and clock under the names the suites use. */
+static inline uint64_t test_rnd(uint64_t *s) { return splitmix64(s); }
+static inline uint64_t test_below(uint64_t *s, uint64_t n) { return rng_below(s, n); }
+static inline double test_now_s(void) { return now_s(); }
 
 /* base scaled by test_scale(), at least min. */
 static inline uint64_t test_scaled(double base, uint64_t min)

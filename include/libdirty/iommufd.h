@@ -42,7 +42,7 @@
 
 #include <stdint.h>
 
-#include <libdirty.h>
+#include <libdirty/source.h>
 
 #ifdef __cplusplus
 extern "C" {

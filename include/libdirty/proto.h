@@ -9,7 +9,7 @@
  * when the environment provides uint*_t itself (a kernel). A 32-bit x86
  * guest built without x87/SSE (as kernels and bare payloads are) gets
  * calls to __atomic_*_8 for the 64-bit operations below and must provide
- * them (tests/kvm/payload-atomic.c does, with cmpxchg8b).
+ * them (support/kvm/payload-atomic.c does, with cmpxchg8b).
  *
  * Region (created and sized by the host; every part page aligned):
  *

@@ -28,9 +28,14 @@ FUZZ_RUN_FLAGS := -timeout=25 -rss_limit_mb=2048 -print_final_stats=1
 
 fuzz-build: $(FUZZ_BINS)
 
-$(FUZZ_BINS): $(FUZZ_OUT)/%: tests/fuzz/%.c $(LIB_SRCS) $(GUEST_SRCS) tests/fuzz/fuzz.mk | $(DEPS_STAMP)
+# One step from many sources, so no -MMD (its .d would name one source's
+# headers only): every header of the tree is a prerequisite instead.
+FUZZ_HDRS := $(wildcard include/*.h include/libdirty/*.h libdirty/*.h hv-adapters/*.h guest-agent/*.h)
+
+$(FUZZ_BINS): $(FUZZ_OUT)/%: tests/fuzz/%.c $(LIB_SRCS) $(GUEST_SRCS) $(FUZZ_HDRS) tests/fuzz/fuzz.mk | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -o $@ $< $(LIB_SRCS) $(GUEST_SRCS) $(URCU_LIBS) -pthread
+	rm -f $@.d
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(LIB_SRCS) $(GUEST_SRCS) $(URCU_LIBS) -pthread
 
 fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \

@@ -135,14 +135,6 @@ static uint64_t rnd(uint64_t *s)
 	return *s * 0x2545f4914f6cdd1dull;
 }
 
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 /* ---- the rig: VM, RAM, view, adapter, destination copy -------------------- */
 
 /* Guest memory the test tracks: claims land in tag[], copies in dest. */
@@ -271,9 +263,7 @@ static void rig_up(struct rig *r, int mi, uint64_t salt)
 	r->afd = -1;
 	/* splitmix64 of (seed, test, mode): close seeds give unrelated streams. */
 	r->rng = seed + salt * 0x9e3779b97f4a7c15ull + (uint64_t)(mi + 1) * 0xbf58476d1ce4e5b9ull;
-	r->rng = (r->rng ^ (r->rng >> 30)) * 0xbf58476d1ce4e5b9ull;
-	r->rng = (r->rng ^ (r->rng >> 27)) * 0x94d049bb133111ebull;
-	r->rng ^= r->rng >> 31;
+	r->rng = splitmix64(&r->rng);
 	if (!r->rng)
 		r->rng = 1;
 	OK(kvm_vm_create(NULL, &r->vm));

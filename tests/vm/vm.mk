@@ -53,7 +53,7 @@ tests: $(VM_GUEST_BINS) $(VM_HOST_BINS)
 
 $(VM_HOST_BINS): $(VM_OUT)/host/%: tests/vm/host/%.c $(ALL_ARLIBS)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests -o $@ $< $(ALL_ARLIBS) $(LIB_LIBS)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests $(SUPPORT_CFLAGS) -o $@ $< $(ALL_ARLIBS) $(LIB_LIBS)
 
 $(VM_GUEST_LIB_OBJS): $(VM_OUT)/%.o: tests/vm/guest/%.c $(VM_GUEST_HDRS)
 	@mkdir -p $(@D)

@@ -68,6 +68,8 @@
 #include <libdirty.h>
 #include <libdirty/proto.h>
 
+#include "clock.h"
+
 #define P ((uint64_t)4096)
 
 /* ---- the test mailbox (same layout in tests/vm/guest/vm_guestlib.c) ----- */
@@ -153,14 +155,6 @@ static volatile sig_atomic_t child_pid;
 static volatile sig_atomic_t file_created;
 static int child_status = -1;		/* waitpid status once reaped */
 static bool child_reaped;
-
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 static void sleep_ms(long ms)
 {

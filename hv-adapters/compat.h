@@ -99,4 +99,69 @@ struct pm_scan_arg {
 #define PAGE_IS_SOFT_DIRTY (1 << 7)
 #endif
 
+/*
+ * include/uapi/linux/iommufd.h (Linux 6.7: dirty tracking; 6.2: the
+ * rest). Debian 12's 6.1 headers have no linux/iommufd.h at all, so it
+ * is included only when present; then each group below is defined only
+ * if that header lacks it (its ioctl number is the guard; the structs
+ * and flags come with it in the same kernel release). The ioctl numbers
+ * are _IO(';', IOMMUFD_CMD_*) with IOMMUFD_CMD_BASE = 0x80 and the
+ * commands counted in the header's enum order: IOAS_UNMAP is 0x86,
+ * HWPT_SET_DIRTY_TRACKING 0x8b, HWPT_GET_DIRTY_BITMAP 0x8c.
+ */
+#if defined(__has_include)
+#if __has_include(<linux/iommufd.h>)
+#include <linux/iommufd.h>
+#endif
+#endif
+
+#ifndef IOMMUFD_TYPE
+#define IOMMUFD_TYPE (';')
+#endif
+
+#ifndef IOMMU_IOAS_UNMAP
+/* Unmap whole areas inside [iova, iova + length); length returns the bytes unmapped. */
+struct iommu_ioas_unmap {
+	__u32 size;
+	__u32 ioas_id;
+	__aligned_u64 iova;
+	__aligned_u64 length;
+};
+#define IOMMU_IOAS_UNMAP _IO(IOMMUFD_TYPE, 0x86)
+#endif
+
+#ifndef IOMMU_HWPT_SET_DIRTY_TRACKING
+/* Turn IOPTE dirty tracking of a HWPT on (flag set) or off. */
+struct iommu_hwpt_set_dirty_tracking {
+	__u32 size;
+	__u32 flags;
+	__u32 hwpt_id;
+	__u32 __reserved;
+};
+#define IOMMU_HWPT_DIRTY_TRACKING_ENABLE 1
+/* iommu_hwpt_alloc.flags: the HWPT must support dirty tracking. */
+#define IOMMU_HWPT_ALLOC_DIRTY_TRACKING (1 << 1)
+#define IOMMU_HWPT_SET_DIRTY_TRACKING _IO(IOMMUFD_TYPE, 0x8b)
+#endif
+
+#ifndef IOMMU_HWPT_GET_DIRTY_BITMAP
+/*
+ * Set a bit in data for every page_size page of [iova, iova + length)
+ * whose IOPTE is dirty, and clear the IOPTE's dirty bit unless NO_CLEAR.
+ * Bit i is the page at iova + i * page_size; bits are only ever set.
+ */
+struct iommu_hwpt_get_dirty_bitmap {
+	__u32 size;
+	__u32 hwpt_id;
+	__u32 flags;
+	__u32 __reserved;
+	__aligned_u64 iova;
+	__aligned_u64 length;
+	__aligned_u64 page_size;
+	__aligned_u64 data;
+};
+#define IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR 1
+#define IOMMU_HWPT_GET_DIRTY_BITMAP _IO(IOMMUFD_TYPE, 0x8c)
+#endif
+
 #endif /* LIBDIRTY_COMPAT_H */

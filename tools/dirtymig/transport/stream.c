@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "stream.h"
 
 int dm_send_rec(struct dm_conn *c, uint32_t type, uint32_t count, uint64_t arg)
@@ -38,14 +39,6 @@ int dm_recv_rec(struct dm_conn *c, struct dm_rec *r)
 }
 
 /* ---- the source's stream ---------------------------------------------- */
-
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static int tx_fail(struct dm_tx *tx, int err, const char *fmt, ...)
 {
@@ -73,7 +66,7 @@ static const char *conn_err(int err)
 /* Account len bytes of link time: they leave once the link is free. */
 static void link_take(struct dm_tx *tx, size_t len)
 {
-	uint64_t now = mono_ns();
+	uint64_t now = now_ns();
 
 	if (tx->rate <= 0)
 		return;
@@ -87,7 +80,7 @@ static void link_drain(struct dm_tx *tx)
 {
 	struct timespec ts;
 
-	if (tx->rate <= 0 || tx->link_free_ns <= mono_ns())
+	if (tx->rate <= 0 || tx->link_free_ns <= now_ns())
 		return;
 	ts.tv_sec = (time_t)(tx->link_free_ns / 1000000000ull);
 	ts.tv_nsec = (long)(tx->link_free_ns % 1000000000ull);

@@ -23,12 +23,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "benchutil.h"
+#include "clock.h"
 #include "conn.h"
 #include "dest.h"
 #include "libdirty.h"
+#include "migration.h"
+#include "opts.h"
 #include "report.h"
-#include "source.h"
 #include "stream.h"
 
 #define EXIT_USAGE 2
@@ -142,21 +143,6 @@ static int bad_arg(const char *a, const char *why)
 	return EXIT_USAGE;
 }
 
-static int num(const char *s, double lo, double hi, double *out)
-{
-	char *end;
-	double v;
-
-	if (!s || !*s)
-		return -EINVAL;
-	errno = 0;
-	v = strtod(s, &end);
-	if (*end || errno || !(v >= lo && v <= hi))
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 static void defaults(struct opts *o)
 {
 	memset(o, 0, sizeof(*o));
@@ -231,8 +217,8 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 		return bad_arg(v, "--vcpu is kvm or threads");
 	}
 	if (!strcmp(name, "--nic-completion")) {
-		for (int c = WL_NIC_SYNC_UNMAP; c <= WL_NIC_SYNC; c++)
-			if (!strcmp(v, wl_nic_completion_name(c))) {
+		for (int c = NIC_SYNC_UNMAP; c <= NIC_SYNC; c++)
+			if (!strcmp(v, nic_completion_name(c))) {
 				o->run.wl.nic_completion = c;
 				return 0;
 			}
@@ -256,7 +242,7 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 	}
 #define NUMOPT(opt, lo, hi, dst, flag) \
 	if (!strcmp(name, opt)) { \
-		if (num(v, lo, hi, &x)) \
+		if (opts_number(v, lo, hi, false, &x)) \
 			return bad_arg(v, opt " is out of range (" #lo ".." #hi ")"); \
 		dst; flag; return 0; \
 	}
@@ -317,7 +303,7 @@ static int probe(struct opts *o, bool uffd)
 	if (uffd) {	/* the vCPU kind: kvm when /dev/kvm works, unless told */
 		struct wl_config *wl = &o->run.wl;
 		char why[200];
-		int k = wl->vcpu_kind == WL_VCPU_THREADS ? -1 : wl_kvm_usable(why, sizeof(why));
+		int k = wl->vcpu_kind == WL_VCPU_THREADS ? -1 : vkvm_usable(why, sizeof(why));
 
 		if (wl->vcpu_kind == WL_VCPU_KVM && k) {
 			fprintf(stderr, "dirtymig: --vcpu=kvm: %s\n", why);
@@ -333,7 +319,7 @@ static int probe(struct opts *o, bool uffd)
 			fprintf(stderr, "dirtymig: --kvm-mode needs --vcpu=kvm (the vCPUs are host threads here)\n");
 			return EXIT_USAGE;
 		}
-		if (wl->vcpu_kind == WL_VCPU_KVM && wl_kvm_mode_supported(wl->kvm_mode, why, sizeof(why))) {
+		if (wl->vcpu_kind == WL_VCPU_KVM && vkvm_mode_supported(wl->kvm_mode, why, sizeof(why))) {
 			fprintf(stderr, "dirtymig: %s\n", why);
 			return EXIT_SKIP;
 		}

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * tests/kvm/vmm.h - a minimal test VMM for real-KVM tests: one VM, memslots
+ * support/kvm/vmm.h - a minimal test VMM for real-KVM tests: one VM, memslots
  * from caller memory, vCPUs in flat 32-bit protected mode running the
  * payload (payload-abi.h), and a command round trip with a timeout.
  *

@@ -30,7 +30,7 @@ void dm_report_setup(FILE *f, const struct dm_run_config *c)
 			c->wl.mem_bytes >> 20, c->wl.vcpus, c->wl.dirty_rate, c->wl.pkt_rate, c->wl.pkt_size);
 	fprintf(f, "into a %u-descriptor ring over a %" PRIu64 " MiB buffer pool (DMA mapping), driver completes\n"
 		"with %s, pinned pages %s; link %s; downtime target %.0f ms; pre-copy caps %u rounds, %.1f s\n\n",
-		c->wl.ring, c->wl.pool_bytes >> 20, wl_nic_completion_name(c->wl.nic_completion),
+		c->wl.ring, c->wl.pool_bytes >> 20, nic_completion_name(c->wl.nic_completion),
 		c->pinned == DIRTY_GP_PINNED_DEFER ? "deferred" : "sent every round",
 		link, c->mig.downtime_target_ms,
 		c->mig.max_rounds ? c->mig.max_rounds : 30, c->mig.max_time_s);
@@ -153,7 +153,7 @@ void dm_report_json(FILE *f, const struct dm_run_result *r, int n,
 
 		fprintf(f, "{\"mode\":\"%s\",\"vcpu\":\"%s\",\"kvm_mode\":\"%s\",\"nic_completion\":\"%s\","
 			"\"pinned\":\"%s\",\"ok\":%s,\"error\":", dm_mode_name(x->mode), x->vcpu, x->kvm_mode,
-			wl_nic_completion_name(cfg->wl.nic_completion),
+			nic_completion_name(cfg->wl.nic_completion),
 			cfg->pinned == DIRTY_GP_PINNED_DEFER ? "defer" : "send", x->err ? "false" : "true");
 		if (x->err)
 			json_str(f, x->error);

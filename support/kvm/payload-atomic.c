@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * tests/kvm/payload-atomic.c - the 8-byte atomics the payload's compiler
+ * support/kvm/payload-atomic.c - the 8-byte atomics the payload's compiler
  * calls, as one lock cmpxchg8b primitive, linked into the payload image
  * (there is no libatomic in the guest). Touches only the words it is
  * handed.

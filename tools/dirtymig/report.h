@@ -8,7 +8,7 @@
 
 #include <stdio.h>
 
-#include "source.h"
+#include "migration.h"
 
 /* One line saying what was migrated and under which limits. */
 void dm_report_setup(FILE *f, const struct dm_run_config *cfg);

@@ -1,20 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vcpu_kvm.c - --vcpu=kvm: the vCPU is a real KVM guest (the test VMM and
- * payload of tests/kvm), so the CPU side of tracking is KVM's dirty log
- * through libdirty's KVM adapter, not userfaultfd.
+ * vcpu_kvm.c - the KVM guest of vcpu_kvm.h.
  *
- * Guest RAM is the harness's memfd as memslot 0 at GPA 0 (a third mapping
- * of it, so the CPU and DMA mappings show every guest write). The payload's
- * own pages (GDT, command blocks, stacks, image) sit in [0, WL_KVM_LOW) and
- * are ordinary RAM; the NIC starts at WL_KVM_LOW. The WRITE_PAGES lists
- * are written by the host, which KVM's log never sees, so they live in a
+ * KVM maps guest RAM through a mapping of its own (the memfd's other
+ * mappings still show every guest write). The WRITE_PAGES lists are
+ * written by the host, which KVM's log never sees, so they live in a
  * separate small memslot above RAM that is not migrated (host memory, as
  * a VMM's own queues would be).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,8 +20,10 @@
 #include <unistd.h>
 
 #include "libdirty.h"
+#include "pacer.h"
+#include "rng.h"
+#include "vcpu_kvm.h"
 #include "vmm.h"
-#include "workload.h"
 
 #define LIST_SLOT 1u
 #define LIST_BYTES (64u << 10)
@@ -32,7 +31,8 @@
 #define WORDS 8u		/* 64-bit words stamped per page */
 #define RING_BYTES (1u << 20)	/* small rings lose entries on this kernel */
 
-struct wl_kvm {
+struct vkvm {
+	struct vkvm_config cfg;
 	struct kvm_vm *vm;
 	struct kvm_vm_vcpu *vcpu;
 	void *hva;		/* KVM's mapping of guest RAM */
@@ -43,11 +43,13 @@ struct wl_kvm {
 	struct dirty_kvm *dk;	/* while tracking */
 	pthread_t thread;
 	bool running;
+	_Atomic bool stop;
 	uint64_t seed, stamp;
+	_Atomic uint64_t writes;
 	_Atomic uint64_t errors;
 };
 
-int wl_kvm_usable(char *why, size_t len)
+int vkvm_usable(char *why, size_t len)
 {
 	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC), vm;
 
@@ -100,7 +102,7 @@ static int mode_check(const struct dirty_kvm_caps *caps, enum dirty_kvm_mode m,
 	return 0;
 }
 
-int wl_kvm_mode_supported(int mode, char *why, size_t len)
+int vkvm_mode_supported(int mode, char *why, size_t len)
 {
 	struct dirty_kvm_caps caps;
 	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC), e;
@@ -115,57 +117,59 @@ int wl_kvm_mode_supported(int mode, char *why, size_t len)
 	return e;
 }
 
-const char *wl_kvm_mode(const struct workload *w)
+const char *vkvm_mode_name(const struct vkvm *k)
 {
-	return w->kvm ? dirty_kvm_mode_name(w->kvm->mode) : "none";
+	return k ? dirty_kvm_mode_name(k->mode) : "none";
 }
 
-int wl_kvm_create(struct workload *w, char *err, size_t errlen)
+int vkvm_create(const struct vkvm_config *cfg, struct vkvm **out, char *err, size_t errlen)
 {
-	struct wl_kvm *k = calloc(1, sizeof(*k));
+	struct vkvm *k = calloc(1, sizeof(*k));
 	struct dirty_kvm_caps caps;
 	struct kvm_vm_slot ram = { .slot = 0, .flags = KVM_MEM_LOG_DIRTY_PAGES, .gpa = 0,
-				   .size = w->bytes, .fd = w->memfd };
+				   .size = cfg->bytes, .fd = cfg->memfd };
 	struct kvm_vm_slot ls = { .slot = LIST_SLOT, .flags = 0, .size = LIST_BYTES, .fd = -1 };
 	const char *what = "?";
 	int e;
 
+	*out = NULL;
 	if (!k) {
 		snprintf(err, errlen, "KVM guest: out of memory");
 		return -ENOMEM;
 	}
-	w->kvm = k;
+	k->cfg = *cfg;
 	k->hva = MAP_FAILED;
 	k->list = MAP_FAILED;
-	k->seed = w->cfg.seed ^ 0x4b564d5f76637075ull;
+	k->seed = cfg->seed;
 	if ((e = kvm_vm_create(NULL, &k->vm))) {
 		what = "creating the VM";
 		goto fail_vmm;
 	}
 	dirty_kvm_probe(k->vm->vm_fd, &caps);
-	k->mode = w->cfg.kvm_mode == DIRTY_KVM_AUTO ? pick_mode(&caps) :
-		(enum dirty_kvm_mode)w->cfg.kvm_mode;
+	k->mode = cfg->mode == DIRTY_KVM_AUTO ? pick_mode(&caps) : (enum dirty_kvm_mode)cfg->mode;
 	if ((e = mode_check(&caps, k->mode, err, errlen)))
-		return e;
+		goto fail;
 	k->ring_bytes = k->mode == DIRTY_KVM_RING ? RING_BYTES : 0;
 	if ((e = dirty_kvm_enable(k->vm->vm_fd, k->mode, k->ring_bytes))) {
 		snprintf(err, errlen, "KVM guest: enabling %s dirty logging: %s",
 			 dirty_kvm_mode_name(k->mode), dirty_last_error());
-		return e;
+		goto fail;
 	}
-	k->hva = mmap(NULL, w->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, w->memfd, 0);
+	k->hva = mmap(NULL, cfg->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, cfg->memfd, 0);
 	k->list = mmap(NULL, LIST_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (k->hva == MAP_FAILED || k->list == MAP_FAILED) {
-		snprintf(err, errlen, "KVM guest: mapping memory: %s", strerror(errno));
-		return -errno;
+		e = -errno;
+		snprintf(err, errlen, "KVM guest: mapping memory: %s", strerror(-e));
+		goto fail;
 	}
 	ram.hva = k->hva;
-	k->list_gpa = (w->bytes + (1ull << 20) - 1) & ~((1ull << 20) - 1);
+	k->list_gpa = (cfg->bytes + (1ull << 20) - 1) & ~((1ull << 20) - 1);
 	ls.gpa = k->list_gpa;
 	ls.hva = k->list;
 	if (k->list_gpa + LIST_BYTES > (1ull << 32)) {
 		snprintf(err, errlen, "KVM guest: the payload is 32-bit: at most 4 GiB of guest RAM");
-		return -EINVAL;
+		e = -EINVAL;
+		goto fail;
 	}
 	what = "adding memslots";
 	if ((e = kvm_vm_add_slot(k->vm, &ram)) || (e = kvm_vm_add_slot(k->vm, &ls)))
@@ -176,39 +180,38 @@ int wl_kvm_create(struct workload *w, char *err, size_t errlen)
 	what = "creating the vCPU";
 	if ((e = kvm_vm_vcpu_add(k->vm, &k->vcpu)))
 		goto fail_vmm;
+	*out = k;
 	return 0;
 fail_vmm:
 	snprintf(err, errlen, "KVM guest: %s: %s", what, kvm_vm_last_error());
+fail:
+	vkvm_destroy(k);
 	return e;
 }
 
-void wl_kvm_destroy(struct workload *w)
+void vkvm_destroy(struct vkvm *k)
 {
-	struct wl_kvm *k = w->kvm;
-
 	if (!k)
 		return;
-	wl_kvm_stop(w);
+	vkvm_stop(k);
 	kvm_vm_destroy(k->vm);
 	if (k->hva != MAP_FAILED)
-		munmap(k->hva, w->bytes);
+		munmap(k->hva, k->cfg.bytes);
 	if (k->list != MAP_FAILED)
 		munmap(k->list, LIST_BYTES);
 	free(k);
-	w->kvm = NULL;
 }
 
 static int ring_full(struct kvm_vm_vcpu *v, void *arg)
 {
-	struct wl_kvm *k = arg;
+	struct vkvm *k = arg;
 
 	(void)v;
 	return k->dk ? dirty_kvm_ring_full(k->dk) : -EIO;
 }
 
-int wl_kvm_attach(struct workload *w, struct dirty_view *view, struct dirty_kvm **out)
+int vkvm_attach(struct vkvm *k, struct dirty_view *view, struct dirty_kvm **out)
 {
-	struct wl_kvm *k = w->kvm;
 	struct dirty_kvm_config cfg = { .mode = k->mode, .ring_bytes = k->ring_bytes };
 	int e;
 
@@ -219,7 +222,7 @@ int wl_kvm_attach(struct workload *w, struct dirty_view *view, struct dirty_kvm 
 		close(cfg.vm_fd);
 		return e;
 	}
-	if ((e = dirty_kvm_add_slot(k->dk, 0, 0, w->bytes)))
+	if ((e = dirty_kvm_add_slot(k->dk, 0, 0, k->cfg.bytes)))
 		return e;
 	if (k->mode == DIRTY_KVM_RING) {
 		if ((e = dirty_kvm_add_vcpu(k->dk, k->vcpu->fd)) < 0)
@@ -233,13 +236,11 @@ int wl_kvm_attach(struct workload *w, struct dirty_view *view, struct dirty_kvm 
 	return 0;
 }
 
-void wl_kvm_detach(struct workload *w)
+void vkvm_detach(struct vkvm *k)
 {
-	struct wl_kvm *k = w ? w->kvm : NULL;
-
 	if (!k || !k->dk)
 		return;
-	wl_kvm_stop(w);
+	vkvm_stop(k);
 	if (k->mode == DIRTY_KVM_RING)
 		dirty_kvm_reaper_stop(k->dk);
 	k->vm->ring_full = NULL;
@@ -247,31 +248,20 @@ void wl_kvm_detach(struct workload *w)
 	k->dk = NULL;	/* the view destroys the adapter */
 }
 
-static uint64_t splitmix(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 /*
  * The vCPU: each tick, the pages due (--dirty-rate times --vcpus, the
  * same total as the threads) go in one WRITE_PAGES command; the guest
  * stamps WORDS fresh words into each. A stop waits for the command in
- * flight, so the guest is quiet when wl_kvm_stop returns.
+ * flight, so the guest is quiet when vkvm_stop returns.
  */
 static void *kvm_vcpu_main(void *arg)
 {
-	struct workload *w = arg;
-	struct wl_kvm *k = w->kvm;
-	uint64_t first = (w->nic_base + w->nic_bytes) / WL_PAGE, span = w->npages - first;
+	struct vkvm *k = arg;
 	struct pacer pc;
 	uint64_t owed = 0;
 
-	pacer_init(&pc, w->cfg.dirty_rate * (w->cfg.vcpus ? w->cfg.vcpus : 1));
-	while (!atomic_load_explicit(&w->vcpu_stop, memory_order_relaxed)) {
+	pacer_init(&pc, k->cfg.rate);
+	while (!atomic_load_explicit(&k->stop, memory_order_relaxed)) {
 		struct payload_cmd c = { .cmd = PAYLOAD_CMD_WRITE_PAGES, .list_gpa = k->list_gpa,
 					 .words = WORDS };
 		uint32_t n;
@@ -284,7 +274,7 @@ static void *kvm_vcpu_main(void *arg)
 		n = owed > MAX_BATCH ? MAX_BATCH : (uint32_t)owed;
 		owed = 0;
 		for (uint32_t i = 0; i < n; i++)
-			k->list[i] = first + splitmix(&k->seed) % span;
+			k->list[i] = k->cfg.first_page + rng_below(&k->seed, k->cfg.pages);
 		c.count = n;
 		c.stamp = (uint64_t)0xc0ull << 56 | (k->stamp += WORDS);
 		e = kvm_vm_cmd(k->vcpu, &c, 5000, &st);
@@ -293,31 +283,34 @@ static void *kvm_vcpu_main(void *arg)
 				fprintf(stderr, "dirtymig: KVM vCPU: WRITE_PAGES: %s\n", kvm_vm_last_error());
 			break;
 		}
-		atomic_fetch_add_explicit(&w->vcpu_writes, n, memory_order_relaxed);
+		atomic_fetch_add_explicit(&k->writes, n, memory_order_relaxed);
 	}
 	return NULL;
 }
 
-int wl_kvm_start(struct workload *w)
+int vkvm_start(struct vkvm *k)
 {
-	struct wl_kvm *k = w->kvm;
 	int e;
 
 	if (k->running)
 		return 0;
-	if ((e = -pthread_create(&k->thread, NULL, kvm_vcpu_main, w)))
-		return e;
+	atomic_store(&k->stop, false);
+	if ((e = pthread_create(&k->thread, NULL, kvm_vcpu_main, k)))
+		return -e;
 	k->running = true;
 	return 0;
 }
 
-void wl_kvm_stop(struct workload *w)
+void vkvm_stop(struct vkvm *k)
 {
-	struct wl_kvm *k = w->kvm;
-
 	if (!k || !k->running)
 		return;
-	atomic_store(&w->vcpu_stop, true);
+	atomic_store(&k->stop, true);
 	pthread_join(k->thread, NULL);
 	k->running = false;
+}
+
+uint64_t vkvm_writes(const struct vkvm *k)
+{
+	return k ? atomic_load_explicit(&k->writes, memory_order_relaxed) : 0;
 }

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * tests/kvm/payload.c - the freestanding 32-bit guest payload: a command
+ * support/kvm/payload.c - the freestanding 32-bit guest payload: a command
  * loop that stamps pages (CPU writes KVM must log) and runs the guest side
  * of the libdirty bitmap protocol on a region the host put in guest memory.
  *

@@ -79,7 +79,7 @@ int tracking_create(struct tracking *t, enum dm_mode m, struct workload *w,
 	    (e = dirty_view_add_region(t->view, 0, w->bytes, WL_PAGE, 0)))
 		goto fail;
 	if (w->kvm) {	/* a real guest: KVM's dirty log is the CPU side */
-		if ((e = wl_kvm_attach(w, t->view, &t->kvm)))
+		if ((e = vkvm_attach(w->kvm, t->view, &t->kvm)))
 			goto fail;
 		t->w = w;
 	} else if ((e = dirty_uffd_create(t->view, &t->uffd)) ||
@@ -115,7 +115,7 @@ fail:
 void tracking_destroy(struct tracking *t)
 {
 	if (t->kvm)	/* the reaper and ring-full callback go before the adapter */
-		wl_kvm_detach(t->w);
+		vkvm_detach(t->w->kvm);
 	/* The views free their sources: uffd or KVM, protocol region, all-mapped. */
 	if (t->view)
 		dirty_view_free(t->view);

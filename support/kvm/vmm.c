@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * tests/kvm/vmm.c - the test VMM behind vmm.h: /dev/kvm, the VM and its
+ * support/kvm/vmm.c - the test VMM behind vmm.h: /dev/kvm, the VM and its
  * pre-vCPU capabilities, memslots, 32-bit vCPUs, the payload image and the
  * command round trip. Touches only the kernel objects it creates and the
  * guest memory the caller registered; installs one real-time signal handler
@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <fcntl.h>
 
+#include "clock.h"
 #include "vmm.h"
 
 /* payload-blob.S: the flat image of payload.c, built by kvm.mk. */
@@ -501,14 +502,6 @@ static void install_handler(void)
 	sigaction(KVM_VM_TIMEOUT_SIGNAL, &sa, NULL);	/* no SA_RESTART: KVM_RUN must return */
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /*
  * A timer that signals this thread at the deadline and then every 20 ms,
  * so a signal landing between two KVM_RUNs cannot be lost for good.
@@ -633,7 +626,7 @@ static int handle_exit(struct kvm_vm_vcpu *v, uint32_t seq, bool halt_done)
 static int run_until_done(struct kvm_vm_vcpu *v, uint32_t seq, bool halt_done,
 			  int timeout_ms)
 {
-	int64_t deadline = now_ms() + timeout_ms;
+	double deadline = now_ms() + timeout_ms;
 	timer_t t;
 	int r;
 

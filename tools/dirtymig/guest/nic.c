@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * nic.c - a simulated pass-through NIC and its guest driver.
+ * nic.c - a simulated pass-through NIC and its guest driver (nic.h).
  *
  * The device (one thread) receives packets at a set rate: it takes the
  * next descriptor the driver posted, writes the packet into that buffer
@@ -13,7 +13,7 @@
  * is mapped BIDIRECTIONAL for good (a coherent allocation: pinned), each
  * RX buffer is mapped FROM_DEVICE when posted; it posts pages from its
  * pool in turn. How it finishes with a received buffer is the workload's
- * choice (WL_NIC_*), because each path reports the DMA differently:
+ * choice (NIC_*), because each path reports the DMA differently:
  *   sync+unmap  sync_for_cpu (dirties), check the packet, unmap (dirties);
  *   unmap       unmap (dirties), then check the packet;
  *   sync        sync_for_cpu (dirties), check, and recycle the buffer
@@ -30,14 +30,21 @@
 #include <string.h>
 #include <time.h>
 
-#include "libdirty.h"
-#include "workload.h"
+#include "nic.h"
+#include "pacer.h"
 
 #define PKT_K 0x9e3779b97f4a7c15ull
 
-const char *wl_nic_completion_name(int c)
+const char *nic_completion_name(int c)
 {
-	return c == WL_NIC_UNMAP ? "unmap" : c == WL_NIC_SYNC ? "sync" : "sync+unmap";
+	return c == NIC_UNMAP ? "unmap" : c == NIC_SYNC ? "sync" : "sync+unmap";
+}
+
+uint64_t nic_area_bytes(unsigned int ring, uint64_t pool_bytes)
+{
+	uint64_t desc = (ring * sizeof(struct nic_desc) + NIC_PAGE - 1) / NIC_PAGE * NIC_PAGE;
+
+	return desc + pool_bytes / NIC_PAGE * NIC_PAGE;
 }
 
 static struct nic_desc *desc_at(struct nic *n, uint8_t *map, unsigned int i)
@@ -55,14 +62,14 @@ static void nic_error(struct nic *n, const char *what, int err)
 /* Post the next pool page in descriptor i: hand it to the device, then publish. */
 static int post(struct nic *n, unsigned int i)
 {
-	struct nic_desc *d = desc_at(n, n->w->cpu, i);
-	uint64_t k = n->pool_next++ % n->pool_pages, gpa = n->pool_gpa + k * WL_PAGE;
+	struct nic_desc *d = desc_at(n, n->cfg.cpu, i);
+	uint64_t k = n->pool_next++ % n->pool_pages, gpa = n->pool_gpa + k * NIC_PAGE;
 	int err;
 
 	if (n->pool_mapped && n->pool_mapped[k]) {
-		err = dirty_guest_sync_for_device(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE);
+		err = dirty_guest_sync_for_device(n->g, gpa, NIC_PAGE, DIRTY_FROM_DEVICE);
 	} else {
-		err = dirty_guest_map(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE);
+		err = dirty_guest_map(n->g, gpa, NIC_PAGE, DIRTY_FROM_DEVICE);
 		if (!err && n->pool_mapped)
 			n->pool_mapped[k] = 1;
 	}
@@ -74,18 +81,17 @@ static int post(struct nic *n, unsigned int i)
 	return 0;
 }
 
-int nic_init(struct nic *n, struct workload *w, int gp_fd, char *err, size_t errlen)
+int nic_init(struct nic *n, const struct nic_config *cfg, int gp_fd, char *err, size_t errlen)
 {
 	int e;
 
 	memset(n, 0, sizeof(*n));
-	n->w = w;
-	n->ring = w->cfg.ring;
-	n->desc_gpa = w->nic_base;
-	n->desc_bytes = (n->ring * sizeof(struct nic_desc) + WL_PAGE - 1) / WL_PAGE * WL_PAGE;
+	n->cfg = *cfg;
+	n->desc_gpa = cfg->base;
+	n->desc_bytes = (n->cfg.ring * sizeof(struct nic_desc) + NIC_PAGE - 1) / NIC_PAGE * NIC_PAGE;
 	n->pool_gpa = n->desc_gpa + n->desc_bytes;
-	n->pool_pages = (w->nic_base + w->nic_bytes - n->pool_gpa) / WL_PAGE;
-	if (w->cfg.nic_completion == WL_NIC_SYNC && !(n->pool_mapped = calloc(n->pool_pages, 1))) {
+	n->pool_pages = (cfg->base + cfg->bytes - n->pool_gpa) / NIC_PAGE;
+	if (cfg->completion == NIC_SYNC && !(n->pool_mapped = calloc(n->pool_pages, 1))) {
 		snprintf(err, errlen, "NIC driver: out of memory");
 		return -ENOMEM;
 	}
@@ -93,15 +99,18 @@ int nic_init(struct nic *n, struct workload *w, int gp_fd, char *err, size_t err
 	    (e = dirty_guest_agent_start(n->g, 1)) ||
 	    (e = dirty_guest_map(n->g, n->desc_gpa, n->desc_bytes, DIRTY_BIDIRECTIONAL))) {
 		snprintf(err, errlen, "NIC driver: %s", dirty_guest_last_error());
-		return e;
+		goto fail;
 	}
-	memset(w->cpu + n->desc_gpa, 0, n->desc_bytes);
-	for (unsigned int i = 0; i < n->ring; i++)
+	memset(cfg->cpu + n->desc_gpa, 0, n->desc_bytes);
+	for (unsigned int i = 0; i < n->cfg.ring; i++)
 		if ((e = post(n, i))) {
 			snprintf(err, errlen, "NIC driver: posting RX buffer %u: %s", i, dirty_guest_last_error());
-			return e;
+			goto fail;
 		}
 	return 0;
+fail:
+	nic_fini(n);
+	return e;
 }
 
 void nic_fini(struct nic *n)
@@ -120,8 +129,8 @@ void nic_fini(struct nic *n)
 
 static void dma_packet(struct nic *n, uint64_t gpa, uint64_t seq)
 {
-	uint64_t *p = (uint64_t *)(n->w->dma + gpa);
-	unsigned int words = n->w->cfg.pkt_size / 8;
+	uint64_t *p = (uint64_t *)(n->cfg.dma + gpa);
+	unsigned int words = n->cfg.pkt_size / 8;
 
 	__atomic_store_n(&p[0], seq, __ATOMIC_RELAXED);
 	__atomic_store_n(&p[1], gpa, __ATOMIC_RELAXED);
@@ -134,12 +143,12 @@ static void *device_main(void *arg)
 	struct nic *n = arg;
 	struct pacer pc;
 
-	pacer_init(&pc, n->w->cfg.pkt_rate);
+	pacer_init(&pc, n->cfg.pkt_rate);
 	while (!atomic_load_explicit(&n->dev_stop, memory_order_relaxed)) {
 		uint64_t due = pacer_tick(&pc);
 
 		for (uint64_t k = 0; k < due; k++) {
-			struct nic_desc *d = desc_at(n, n->w->dma, n->dev_next % n->ring);
+			struct nic_desc *d = desc_at(n, n->cfg.dma, n->dev_next % n->cfg.ring);
 			uint64_t gpa;
 
 			if (__atomic_load_n(&d->flags, __ATOMIC_ACQUIRE) != NIC_DESC_READY) {
@@ -148,13 +157,13 @@ static void *device_main(void *arg)
 			}
 			gpa = __atomic_load_n(&d->gpa, __ATOMIC_RELAXED);
 			/* Never trust a descriptor: a wild one would scribble over RAM. */
-			if (gpa < n->pool_gpa || gpa % WL_PAGE ||
-			    (gpa - n->pool_gpa) / WL_PAGE >= n->pool_pages) {
+			if (gpa < n->pool_gpa || gpa % NIC_PAGE ||
+			    (gpa - n->pool_gpa) / NIC_PAGE >= n->pool_pages) {
 				nic_error(n, "device: descriptor points outside the buffer pool", -EFAULT);
 				__atomic_store_n(&d->len, 0, __ATOMIC_RELAXED);
 			} else {
 				dma_packet(n, gpa, ++n->seq);
-				__atomic_store_n(&d->len, n->w->cfg.pkt_size, __ATOMIC_RELAXED);
+				__atomic_store_n(&d->len, n->cfg.pkt_size, __ATOMIC_RELAXED);
 				atomic_fetch_add_explicit(&n->packets, 1, memory_order_relaxed);
 			}
 			__atomic_store_n(&d->flags, NIC_DESC_DONE, __ATOMIC_RELEASE);
@@ -193,15 +202,15 @@ static void complete(struct nic *n, struct nic_desc *d, unsigned int i)
 {
 	uint64_t gpa = __atomic_load_n(&d->gpa, __ATOMIC_RELAXED);
 	uint32_t len = __atomic_load_n(&d->len, __ATOMIC_RELAXED);
-	const uint64_t *p = (const uint64_t *)(n->w->cpu + gpa);
-	int how = n->w->cfg.nic_completion, err;
+	const uint64_t *p = (const uint64_t *)(n->cfg.cpu + gpa);
+	int how = n->cfg.completion, err;
 
-	if (how != WL_NIC_UNMAP &&
-	    (err = dirty_guest_sync_for_cpu(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE))) {
+	if (how != NIC_UNMAP &&
+	    (err = dirty_guest_sync_for_cpu(n->g, gpa, NIC_PAGE, DIRTY_FROM_DEVICE))) {
 		nic_error(n, "driver: sync_for_cpu", err);
 		return;
 	}
-	if (how == WL_NIC_UNMAP && (err = dirty_guest_unmap(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE))) {
+	if (how == NIC_UNMAP && (err = dirty_guest_unmap(n->g, gpa, NIC_PAGE, DIRTY_FROM_DEVICE))) {
 		nic_error(n, "driver: unmap", err);
 		return;
 	}
@@ -210,7 +219,7 @@ static void complete(struct nic *n, struct nic_desc *d, unsigned int i)
 		    __atomic_load_n(&p[2], __ATOMIC_RELAXED) !=
 			    (__atomic_load_n(&p[0], __ATOMIC_RELAXED) ^ (2 * PKT_K))))
 		nic_error(n, "driver: a received packet reads back wrong", -EIO);
-	if (how == WL_NIC_SYNC_UNMAP && (err = dirty_guest_unmap(n->g, gpa, WL_PAGE, DIRTY_FROM_DEVICE)))
+	if (how == NIC_SYNC_UNMAP && (err = dirty_guest_unmap(n->g, gpa, NIC_PAGE, DIRTY_FROM_DEVICE)))
 		nic_error(n, "driver: unmap", err);
 	if ((err = post(n, i)))
 		nic_error(n, "driver: posting a fresh buffer", err);
@@ -225,9 +234,9 @@ static void *driver_main(void *arg)
 	while (!atomic_load_explicit(&n->drv_stop, memory_order_relaxed)) {
 		unsigned int took = 0;
 
-		while (took < n->ring) {
-			unsigned int i = n->drv_next % n->ring;
-			struct nic_desc *d = desc_at(n, n->w->cpu, i);
+		while (took < n->cfg.ring) {
+			unsigned int i = n->drv_next % n->cfg.ring;
+			struct nic_desc *d = desc_at(n, n->cfg.cpu, i);
 			int err;
 
 			if (__atomic_load_n(&d->flags, __ATOMIC_ACQUIRE) != NIC_DESC_DONE)

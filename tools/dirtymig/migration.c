@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * source.c - one migration from the source's side: the callbacks
+ * migration.c - one migration from the source's side: the callbacks
  * dirty_migrate() drives (send pages into the stream, end a round and
  * wait for the ACK, stop the NIC, stop the vCPUs and driver, resume),
  * the live progress line, and the page-by-page comparison afterwards.
@@ -14,7 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "source.h"
+#include "clock.h"
+#include "migration.h"
 #include "stream.h"
 
 struct run {
@@ -26,14 +27,6 @@ struct run {
 	double t0;
 	char why[300];		/* a callback's own failure, if any */
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int op_send(void *opaque, uint64_t gpa, uint64_t len)
 {
@@ -146,16 +139,24 @@ static void collect(struct run *r)
 	res->dma_drops = atomic_load(&n->drops);
 	res->nic_errors = atomic_load(&n->bad);
 	snprintf(res->nic_err, sizeof(res->nic_err), "%s", n->err);
-	res->vcpu_writes = atomic_load(&r->w.vcpu_writes);
+	res->vcpu_writes = wl_vcpu_writes(&r->w);
 	snprintf(res->vcpu, sizeof(res->vcpu), "%s", r->w.kvm ? "kvm" : "threads");
-	snprintf(res->kvm_mode, sizeof(res->kvm_mode), "%s", wl_kvm_mode(&r->w));
+	snprintf(res->kvm_mode, sizeof(res->kvm_mode), "%s", vkvm_mode_name(r->w.kvm));
 	res->gp_used = r->t.gp_in_view;
 	if (r->t.gp) {
 		struct dirty_gp_health h;
 
+		/*
+		 * Asked after the migration, when tracking is off (IDLE): what
+		 * counts is whether the guest was trusted and stayed so.
+		 */
 		dirty_gp_health(r->t.gp, &h);
-		res->gp_healthy = h.healthy;
-		snprintf(res->gp_reason, sizeof(res->gp_reason), "%s", h.reason);
+		res->gp_healthy = h.trust_gained > 0 && h.trust_lost == 0;
+		if (!h.trust_gained)
+			snprintf(res->gp_reason, sizeof(res->gp_reason), "never trusted: %s", h.reason);
+		else if (h.trust_lost)
+			snprintf(res->gp_reason, sizeof(res->gp_reason), "trust lost %" PRIu64 " times (now: %s)",
+				 h.trust_lost, h.reason);
 		res->gp_pinned_sent = h.pages_pinned_sent;
 		res->gp_kept_back = h.pages_kept_back;
 	}

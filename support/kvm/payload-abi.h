@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * tests/kvm/payload-abi.h - the contract between the test VMM (vmm.c, x86-64)
+ * support/kvm/payload-abi.h - the contract between the test VMM (vmm.c, x86-64)
  * and the 32-bit guest payload (payload.c, -m32): the guest-physical layout
  * of the test VM's low memory, the command block, commands, status codes and
  * the I/O ports the payload signals on.

@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * source.h - the source side of one migration: build the guest and the
+ * migration.h - the source side of one migration: build the guest and the
  * tracking mode, run it, stream it with dirty_migrate() (libdirty's
  * pre-copy driver: rounds, stop decision, stop order, undo on failure),
  * then compare every page with the destination's hashes.
  */
-#ifndef DIRTYMIG_SOURCE_H
-#define DIRTYMIG_SOURCE_H
+#ifndef DIRTYMIG_MIGRATION_H
+#define DIRTYMIG_MIGRATION_H
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -57,7 +57,7 @@ struct dm_run_result {
 	char kvm_mode[16];	/* the KVM dirty-log mode used, or "none" */
 	bool gp_used;
 	int gp_healthy;
-	char gp_reason[160];
+	char gp_reason[256];
 	uint64_t gp_pinned_sent;	/* pinned pages marked (SEND each round, final) */
 	uint64_t gp_kept_back;		/* pinned pages claims kept back (DEFER) */
 	unsigned int nrounds;
@@ -67,4 +67,4 @@ struct dm_run_result {
 /* Run one migration to cfg->to. 0, or -errno with res->error set. */
 int dm_run_migration(const struct dm_run_config *cfg, struct dm_run_result *res);
 
-#endif /* DIRTYMIG_SOURCE_H */
+#endif /* DIRTYMIG_MIGRATION_H */
