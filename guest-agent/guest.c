@@ -11,7 +11,7 @@
  * word holds the reference count, OWNED (this process set the pin bit)
  * and BUSY (a 0<->1 transition is in progress; everyone else waits). The
  * races it is built around (checked by tests/model/gproto.pml, where BUSY
- * is the node "linked with count 0" or "dying"):
+ * is a word held with count 0):
  *  - A page's pin bit must be set before any caller's map returns. The
  *    first map takes 0 -> BUSY, so every other map of the page waits;
  *    only then is the bit set, and count 1 published.
@@ -315,55 +315,66 @@ struct span {
 	uint64_t first, n;
 };
 
-/* Check every piece first: a list with a bad one changes nothing. */
-static int spans_of(struct dirty_guest *g, const struct dirty_dma_piece *pieces,
-		    size_t n, struct span *out)
-{
-	for (size_t i = 0; i < n; i++) {
-		int err = pages_of(g, pieces[i].gpa, pieces[i].len, &out[i].first, &out[i].n);
-
-		if (err)
-			return err;
-	}
-	return 0;
-}
-
 /*
  * Small lists (the single-range calls, typical scatter-gather lists) use
  * the stack; long ones one allocation.
  */
 #define STACK_SPANS 16
 
-static struct span *spans_alloc(struct span *stack, size_t n)
+struct spans {
+	struct span stack[STACK_SPANS];
+	struct span *v;
+};
+
+/*
+ * The common front of the vectored calls: check the direction and every
+ * piece before anything changes (a list with a bad one changes nothing),
+ * and turn the pieces into page spans. `call` names the caller in errors.
+ */
+static int spans_take(struct dirty_guest *g, const char *call, const struct dirty_dma_piece *pieces,
+		      size_t n, enum dirty_dma_dir dir, struct spans *s)
 {
-	return n <= STACK_SPANS ? stack : malloc(n * sizeof(struct span));
+	s->v = NULL;
+	if (!dir_ok(dir))
+		return __dirty_guest_err(-EINVAL, "%s: direction %d is not TO_DEVICE, FROM_DEVICE or BIDIRECTIONAL",
+					 call, (int)dir);
+	if (n && !pieces)
+		return __dirty_guest_err(-EINVAL, "%s: NULL pieces", call);
+	s->v = n <= STACK_SPANS ? s->stack : malloc(n * sizeof(struct span));
+	if (!s->v)
+		return __dirty_guest_err(-ENOMEM, "%s: out of memory for %zu pieces", call, n);
+	for (size_t i = 0; i < n; i++) {
+		int err = pages_of(g, pieces[i].gpa, pieces[i].len, &s->v[i].first, &s->v[i].n);
+
+		if (err) {
+			if (s->v != s->stack)
+				free(s->v);
+			s->v = NULL;
+			return err;
+		}
+	}
+	return 0;
 }
 
-static void spans_free(struct span *stack, struct span *s)
+static void spans_drop(struct spans *s)
 {
-	if (s != stack)
-		free(s);
+	if (s->v != s->stack)
+		free(s->v);
+	s->v = NULL;
 }
 
 GUEST_API int dirty_guest_map_v(struct dirty_guest *g, const struct dirty_dma_piece *pieces,
 				size_t n, enum dirty_dma_dir dir)
 {
-	struct span stack[STACK_SPANS], *sp;
+	struct spans s;
+	struct span *sp;
 	size_t k = 0;
 	uint64_t i = 0;
 	int err;
 
-	if (!dir_ok(dir))
-		return __dirty_guest_err(-EINVAL, "dirty_guest_map: direction %d is not TO_DEVICE, FROM_DEVICE or BIDIRECTIONAL",
-				   (int)dir);
-	if (n && !pieces)
-		return __dirty_guest_err(-EINVAL, "dirty_guest_map_v: NULL pieces");
-	if (!(sp = spans_alloc(stack, n)))
-		return __dirty_guest_err(-ENOMEM, "dirty_guest_map_v: out of memory for %zu pieces", n);
-	if ((err = spans_of(g, pieces, n, sp))) {
-		spans_free(stack, sp);
+	if ((err = spans_take(g, "dirty_guest_map", pieces, n, dir, &s)))
 		return err;
-	}
+	sp = s.v;
 	urcu_bp_read_lock();
 	for (k = 0; k < n && !err; k++)
 		for (i = 0; i < sp[k].n && !err; i++)
@@ -381,7 +392,7 @@ GUEST_API int dirty_guest_map_v(struct dirty_guest *g, const struct dirty_dma_pi
 		}
 	}
 	urcu_bp_read_unlock();
-	spans_free(stack, sp);
+	spans_drop(&s);
 	if (err)
 		return __dirty_guest_err(err, "dirty_guest_map: a page is mapped more than %u times",
 				   PIN_COUNT - 1);
@@ -399,21 +410,14 @@ static void dirty_if(struct dirty_guest *g, uint64_t first, uint64_t n,
 GUEST_API int dirty_guest_unmap_v(struct dirty_guest *g, const struct dirty_dma_piece *pieces,
 				  size_t n, enum dirty_dma_dir dir)
 {
-	struct span stack[STACK_SPANS], *sp;
+	struct spans s;
+	struct span *sp;
 	uint64_t unmapped = 0, total = 0;
 	int err;
 
-	if (!dir_ok(dir))
-		return __dirty_guest_err(-EINVAL, "dirty_guest_unmap: direction %d is not TO_DEVICE, FROM_DEVICE or BIDIRECTIONAL",
-				   (int)dir);
-	if (n && !pieces)
-		return __dirty_guest_err(-EINVAL, "dirty_guest_unmap_v: NULL pieces");
-	if (!(sp = spans_alloc(stack, n)))
-		return __dirty_guest_err(-ENOMEM, "dirty_guest_unmap_v: out of memory for %zu pieces", n);
-	if ((err = spans_of(g, pieces, n, sp))) {
-		spans_free(stack, sp);
+	if ((err = spans_take(g, "dirty_guest_unmap", pieces, n, dir, &s)))
 		return err;
-	}
+	sp = s.v;
 	urcu_bp_read_lock();
 	/* Dirty (and summary) strictly before any pin bit is cleared. */
 	for (size_t k = 0; k < n; k++)
@@ -425,7 +429,7 @@ GUEST_API int dirty_guest_unmap_v(struct dirty_guest *g, const struct dirty_dma_
 				unmapped++;
 	}
 	urcu_bp_read_unlock();
-	spans_free(stack, sp);
+	spans_drop(&s);
 	if (unmapped) {
 		count(&g->hdr->guest.bad_ranges);
 		return __dirty_guest_err(-ENOENT, "dirty_guest_unmap: %llu of %llu pages were not mapped",
@@ -438,24 +442,16 @@ GUEST_API int dirty_guest_sync_for_cpu_v(struct dirty_guest *g,
 					 const struct dirty_dma_piece *pieces,
 					 size_t n, enum dirty_dma_dir dir)
 {
-	struct span stack[STACK_SPANS], *sp;
+	struct spans s;
 	int err;
 
-	if (!dir_ok(dir))
-		return __dirty_guest_err(-EINVAL, "dirty_guest_sync_for_cpu: bad direction %d", (int)dir);
-	if (n && !pieces)
-		return __dirty_guest_err(-EINVAL, "dirty_guest_sync_for_cpu_v: NULL pieces");
-	if (!(sp = spans_alloc(stack, n)))
-		return __dirty_guest_err(-ENOMEM, "dirty_guest_sync_for_cpu_v: out of memory for %zu pieces", n);
-	if ((err = spans_of(g, pieces, n, sp))) {
-		spans_free(stack, sp);
+	if ((err = spans_take(g, "dirty_guest_sync_for_cpu", pieces, n, dir, &s)))
 		return err;
-	}
 	urcu_bp_read_lock();
 	for (size_t k = 0; k < n; k++)
-		dirty_if(g, sp[k].first, sp[k].n, dir);
+		dirty_if(g, s.v[k].first, s.v[k].n, dir);
 	urcu_bp_read_unlock();
-	spans_free(stack, sp);
+	spans_drop(&s);
 	return 0;
 }
 

@@ -4,7 +4,7 @@
  * shared region (sized for a PCI BAR when asked), attaches it to the view
  * as a PRECISE source and owns its lifetime. What a round does is
  * gproto_harvest.c's; whether the guest is trusted is gproto_trust.c's
- * (gproto_priv.h).
+ * (gproto_state.h).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,7 +14,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "gproto_priv.h"
+#include "gproto_state.h"
 
 static int gp_start(struct dirty_source *src)
 {
@@ -51,33 +51,28 @@ static void gp_destroy(struct dirty_source *src)
 	gp_free(dirty_source_priv(src));
 }
 
+/* What both policies share. */
+#define GP_OPS_COMMON \
+	.version = DIRTY_SOURCE_OPS_VERSION, \
+	.precision = DIRTY_PRECISE, \
+	.name = "guest-protocol", \
+	.start = gp_start, \
+	.stop = gp_stop, \
+	.sync = __gp_sync, \
+	.final = __gp_final, \
+	.destroy = gp_destroy, \
+	.ready = __gp_ready, \
+	.healthy = __gp_healthy
+
 static const struct dirty_source_ops gp_ops = {
-	.version = DIRTY_SOURCE_OPS_VERSION,
-	.precision = DIRTY_PRECISE,
-	.name = "guest-protocol",
-	.start = gp_start,
-	.stop = gp_stop,
-	.sync = __gp_sync,
-	.final = __gp_final,
-	.destroy = gp_destroy,
-	.ready = __gp_ready,
-	.healthy = __gp_healthy,
+	GP_OPS_COMMON,
 };
 
 /* DEFER: claims keep pinned pages back; final adds them. */
 static const struct dirty_source_ops gp_defer_ops = {
-	.version = DIRTY_SOURCE_OPS_VERSION,
-	.precision = DIRTY_PRECISE,
-	.name = "guest-protocol",
-	.start = gp_start,
-	.stop = gp_stop,
-	.sync = __gp_sync,
-	.final = __gp_final,
-	.destroy = gp_destroy,
+	GP_OPS_COMMON,
 	.prepare_read = __gp_prepare_read,
-	.ready = __gp_ready,
 	.held_bytes = __gp_held_bytes,
-	.healthy = __gp_healthy,
 };
 
 /* The file's size: the protocol's length, or the BAR-sized power of two. */

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gproto_priv.h"
+#include "gproto_state.h"
 
 #define XCHG(p) __atomic_exchange_n((p), 0, __ATOMIC_SEQ_CST)
 
@@ -50,6 +50,40 @@ static int flush_chunk(struct dirty_gp *gp, uint64_t c, uint64_t *words,
 	return err;
 }
 
+/* Words of one chunk on their way into the view, flushed when a word of another chunk comes. */
+struct chunk_acc {
+	uint64_t words[64], mask, cur;
+	_Atomic uint64_t *counter;
+	int err;	/* the first failure; the rest is still merged */
+};
+
+static void acc_init(struct chunk_acc *a, _Atomic uint64_t *counter)
+{
+	memset(a->words, 0, sizeof(a->words));
+	a->mask = 0;
+	a->cur = UINT64_MAX;
+	a->counter = counter;
+	a->err = 0;
+}
+
+static void acc_flush(struct dirty_gp *gp, struct chunk_acc *a)
+{
+	int e = flush_chunk(gp, a->cur, a->words, &a->mask, a->counter);
+
+	a->err = a->err ? a->err : e;
+}
+
+/* Bits of dirty/pin word w (page w * 64 onwards). */
+static void acc_add(struct dirty_gp *gp, struct chunk_acc *a, uint64_t w, uint64_t bits)
+{
+	if (w / 64 != a->cur) {
+		acc_flush(gp, a);
+		a->cur = w / 64;
+	}
+	a->words[w % 64] = bits;
+	a->mask |= 1ull << (w % 64);
+}
+
 uint64_t __gp_word_mask(const struct dirty_gp *gp, uint64_t w)
 {
 	uint64_t left = gp->npages - w * 64;
@@ -64,9 +98,9 @@ uint64_t __gp_word_mask(const struct dirty_gp *gp, uint64_t w)
  */
 static int harvest(struct dirty_gp *gp, bool all_words)
 {
-	uint64_t words[64] = { 0 }, mask = 0, cur = UINT64_MAX;
-	int err = 0, e;
+	struct chunk_acc a;
 
+	acc_init(&a, &gp->harvested);
 	for (uint64_t sw = 0; sw < gp->lay.summary_words; sw++) {
 		uint64_t s;
 
@@ -86,42 +120,28 @@ static int harvest(struct dirty_gp *gp, bool all_words)
 			if (w >= gp->lay.dirty_words)
 				break;	/* bits past the end: guest garbage */
 			d = LDX(&gp->dirty[w]) ? XCHG(&gp->dirty[w]) & __gp_word_mask(gp, w) : 0;
-			if (!d)
-				continue;
-			if (w / 64 != cur) {
-				e = flush_chunk(gp, cur, words, &mask, &gp->harvested);
-				err = err ? err : e;
-				cur = w / 64;
-			}
-			words[w % 64] = d;
-			mask |= 1ull << (w % 64);
+			if (d)
+				acc_add(gp, &a, w, d);
 		}
 	}
-	e = flush_chunk(gp, cur, words, &mask, &gp->harvested);
-	return err ? err : e;
+	acc_flush(gp, &a);
+	return a.err;
 }
 
 /* Mark every pinned page (acquire: a clear pin means its dirty bit is visible). */
 static int mark_pinned(struct dirty_gp *gp)
 {
-	uint64_t words[64] = { 0 }, mask = 0, cur = UINT64_MAX;
-	int err = 0, e;
+	struct chunk_acc a;
 
+	acc_init(&a, &gp->pinned_sent);
 	for (uint64_t w = 0; w < gp->lay.dirty_words; w++) {
 		uint64_t p = LDA(&gp->pin[w]) & __gp_word_mask(gp, w);
 
-		if (!p)
-			continue;
-		if (w / 64 != cur) {
-			e = flush_chunk(gp, cur, words, &mask, &gp->pinned_sent);
-			err = err ? err : e;
-			cur = w / 64;
-		}
-		words[w % 64] = p;
-		mask |= 1ull << (w % 64);
+		if (p)
+			acc_add(gp, &a, w, p);
 	}
-	e = flush_chunk(gp, cur, words, &mask, &gp->pinned_sent);
-	return err ? err : e;
+	acc_flush(gp, &a);
+	return a.err;
 }
 
 /*

@@ -29,7 +29,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "gproto_priv.h"
+#include "gproto_state.h"
 
 static void say(struct dirty_gp *gp, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -93,6 +93,21 @@ static bool guest_sane(struct dirty_gp *gp)
 		return false;
 	}
 	return true;
+}
+
+/*
+ * v1.1 guests run an agent daemon that names the client it waits on.
+ * Only a hint for the message: any value is safe to print.
+ */
+static const char *waiting_on(struct dirty_gp *gp)
+{
+	uint64_t pid;
+
+	if (LDA(&gp->hdr->guest.minor) < 1 || !(pid = LDA(&gp->hdr->guest.waiting_pid)))
+		return "";
+	snprintf(gp->waiting, sizeof(gp->waiting), " (the guest agent waits on client pid %llu)",
+		 (unsigned long long)pid);
+	return gp->waiting;
 }
 
 void __gp_raise_gen(struct dirty_gp *gp)
@@ -164,8 +179,8 @@ enum dirty_gp_state __gp_judge(struct dirty_gp *gp)
 		say(gp, "waiting for the guest: no agent has shown life since tracking began");
 	else if ((now - gp->gen_time) * 1000 > gp->cfg.ack_timeout_ms)
 		/* A fault, but not a loss: this generation's ack still counts. */
-		say(gp, "guest alive but did not acknowledge tracking generation %llu within %u ms",
-		    (unsigned long long)gp->gen, gp->cfg.ack_timeout_ms);
+		say(gp, "guest alive but did not acknowledge tracking generation %llu within %u ms%s",
+		    (unsigned long long)gp->gen, gp->cfg.ack_timeout_ms, waiting_on(gp));
 	else
 		say(gp, "waiting for the guest to acknowledge tracking generation %llu",
 		    (unsigned long long)gp->gen);

@@ -41,17 +41,13 @@
 
 #include "compat.h"
 #include "core.h"
+#include "libdirty/iommufd.h"
+#include "iova_map.h"
 
 #define IOMMUFD_MIN_PAGE 4096ull
 #define DEFAULT_PIECE_PAGES (1ull << 21)
 /* A registration is read whole: at most a 1 GiB bitmap (32 TiB at 4 KiB). */
 #define MAX_MAP_PAGES (1ull << 33)
-#define RUN_BATCH 256
-
-/* One IOMMU_IOAS_MAP of the VMM: IOVA [iova, +len) is GPA [gpa, +len). */
-struct fmap {
-	uint64_t iova, gpa, len;
-};
 
 struct dirty_iommufd {
 	struct dirty_source *src;
@@ -63,13 +59,8 @@ struct dirty_iommufd {
 	unsigned int shift;		/* log2(pgsize) */
 	uint64_t piece_pages;		/* immutable */
 	pthread_mutex_t lock;		/* everything below */
-	struct fmap *maps;		/* sorted by iova, never overlapping */
-	size_t nmaps, cmaps;
+	struct iova_map map;		/* one registration per IOMMU_IOAS_MAP */
 	bool tracking;			/* SET_DIRTY_TRACKING on, not off since */
-	uint64_t *bitmap;
-	size_t bitmap_words;
-	struct dirty_range runs[RUN_BATCH];
-	size_t nruns;
 	struct dirty_iommufd_stats st;	/* counters; the rest computed */
 };
 
@@ -82,147 +73,38 @@ static int sys_ioctl(void *ctx, int fd, unsigned long req, void *arg)
 	return r < 0 ? -errno : r;
 }
 
-/* ---- the mapping table (f->lock held) ------------------------------------- */
-
-static uint64_t pages_of(const struct dirty_iommufd *f, uint64_t len)
-{
-	return len >> f->shift;
-}
-
-/* Index of the first mapping that ends above iova (f->nmaps if none). */
-static size_t lower_bound(const struct dirty_iommufd *f, uint64_t iova)
-{
-	size_t lo = 0, hi = f->nmaps;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (f->maps[mid].iova + f->maps[mid].len <= iova)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
-}
-
-static void remove_maps(struct dirty_iommufd *f, size_t i, size_t n)
-{
-	if (!n)
-		return;	/* maps may still be NULL */
-	memmove(&f->maps[i], &f->maps[i + n], (f->nmaps - i - n) * sizeof(f->maps[0]));
-	f->nmaps -= n;
-}
+/* ---- marking (f->lock held) -------------------------------------------------- */
 
 /*
- * The run of IOVA-adjacent registrations from maps[i] that fits a piece:
+ * The run of IOVA-adjacent registrations from regs[i] that fits a piece:
  * returns its end index and its pages. One registration larger than a
  * piece is a piece of its own (it is never split).
  */
-static size_t piece_end(const struct dirty_iommufd *f, size_t i, size_t hi, uint64_t *pages)
+static size_t piece_end(struct dirty_iommufd *f, size_t i, size_t hi, uint64_t *pages)
 {
-	size_t j = i + 1;
-
-	*pages = pages_of(f, f->maps[i].len);
-	while (j < hi && f->maps[j].iova == f->maps[j - 1].iova + f->maps[j - 1].len &&
-	       *pages + pages_of(f, f->maps[j].len) <= f->piece_pages) {
-		*pages += pages_of(f, f->maps[j].len);
-		j++;
-	}
-	return j;
-}
-
-/* ---- marking (f->lock held) -------------------------------------------------- */
-
-static void flush_runs(struct dirty_iommufd *f)
-{
-	if (f->nruns)
-		dirty_source_mark_ranges(f->src, f->runs, f->nruns);
-	f->nruns = 0;
-}
-
-static void add_run(struct dirty_iommufd *f, uint64_t gpa, uint64_t len)
-{
-	struct dirty_range *last = f->nruns ? &f->runs[f->nruns - 1] : NULL;
-
-	if (last && last->gpa + last->len == gpa) {
-		last->len += len;
-		return;
-	}
-	if (f->nruns == RUN_BATCH)
-		flush_runs(f);
-	f->runs[f->nruns].gpa = gpa;
-	f->runs[f->nruns++].len = len;
-}
-
-/* The error rule: every registered page is dirty. */
-static void mark_all(struct dirty_iommufd *f)
-{
-	f->nruns = 0;
-	for (size_t i = 0; i < f->nmaps; i++)
-		add_run(f, f->maps[i].gpa, f->maps[i].len);
-	flush_runs(f);
+	return iova_map_piece(&f->map, i, hi, f->piece_pages, pages);
 }
 
 /*
- * Mark one read's bits: bit b is the page at maps[i].iova + b * pgsize,
- * inside the run maps[i, j) of adjacent registrations (pages long), so
+ * Mark one read's bits: bit b is the page at regs[i].iova + b * pgsize,
+ * inside the run of adjacent registrations from regs[i] (pages long), so
  * every bit below pages lands in exactly one of them. A bit at or past
  * pages is the kernel writing outside the window it was given: -EPROTO.
  */
-static int translate(struct dirty_iommufd *f, size_t i, size_t j, uint64_t pages)
+static int translate(struct dirty_iommufd *f, const uint64_t *bm, size_t i, uint64_t pages)
 {
-	size_t words = (size_t)((pages + 63) / 64);
-	uint64_t base = f->maps[i].iova;
-	size_t k = i;
-	bool past = false;
+	struct iova_bits b = { .bm = bm, .base = f->map.regs[i].iova, .nbits = pages,
+			       .shift = f->shift };
+	int rc = iova_map_mark_bits(&f->map, f->src, &b);
 
-	f->nruns = 0;
-	for (size_t w = 0; w < words; w++) {
-		uint64_t word = f->bitmap[w];
-
-		while (word) {
-			uint64_t b = (uint64_t)w * 64 + (uint64_t)__builtin_ctzll(word);
-			uint64_t iova = base + (b << f->shift);
-
-			word &= word - 1;
-			if (b >= pages) {
-				past = true;
-				break;
-			}
-			while (k < j && f->maps[k].iova + f->maps[k].len <= iova)
-				k++;
-			if (k == j) {		/* cannot happen with adjacent maps */
-				past = true;
-				break;
-			}
-			f->st.pages_reported++;
-			add_run(f, f->maps[k].gpa + (iova - f->maps[k].iova), f->pgsize);
-		}
-	}
-	flush_runs(f);
-	if (past)
-		return __dirty_err(-EPROTO, "iommufd GET_DIRTY_BITMAP of IOVA [%#llx, +%#llx) set a bit past the window it was given: every mapped page was marked dirty",
-				   (unsigned long long)base, (unsigned long long)(pages << f->shift));
+	f->st.pages_reported += b.set;
+	if (rc)
+		return __dirty_err(rc, "iommufd GET_DIRTY_BITMAP of IOVA [%#llx, +%#llx) set a bit past the window it was given: every mapped page was marked dirty",
+				   (unsigned long long)b.base, (unsigned long long)(pages << f->shift));
 	return 0;
 }
 
 /* ---- reads (f->lock held) ------------------------------------------------------ */
-
-static int bitmap_for(struct dirty_iommufd *f, size_t words)
-{
-	if (words > f->bitmap_words) {
-		uint64_t *b = realloc(f->bitmap, words * sizeof(uint64_t));
-
-		if (!b)
-			return __dirty_err(-ENOMEM, "iommufd: out of memory for a %zu-byte bitmap",
-					   words * sizeof(uint64_t));
-		f->bitmap = b;
-		f->bitmap_words = words;
-	}
-	/* The kernel only sets bits. */
-	memset(f->bitmap, 0, words * sizeof(uint64_t));
-	return 0;
-}
 
 static const char *get_hint(int e)
 {
@@ -240,23 +122,23 @@ static const char *get_hint(int e)
 	}
 }
 
-/* GET_DIRTY_BITMAP (flags: 0 or NO_CLEAR) of maps[i, j), pages long; then mark. */
-static int read_piece(struct dirty_iommufd *f, size_t i, size_t j, uint64_t pages,
-		      uint32_t flags)
+/* GET_DIRTY_BITMAP (flags: 0 or NO_CLEAR) of the piece at regs[i], pages long; then mark. */
+static int read_piece(struct dirty_iommufd *f, size_t i, uint64_t pages, uint32_t flags)
 {
 	struct iommu_hwpt_get_dirty_bitmap g;
-	int rc = bitmap_for(f, (size_t)((pages + 63) / 64));
+	uint64_t *bm = iova_map_bitmap(&f->map, pages);
+	int rc;
 
-	if (rc)
-		return rc;
+	if (!bm)
+		return -ENOMEM;
 	memset(&g, 0, sizeof(g));
 	g.size = sizeof(g);
 	g.hwpt_id = f->hwpt_id;
 	g.flags = flags;
-	g.iova = f->maps[i].iova;
+	g.iova = f->map.regs[i].iova;
 	g.length = pages << f->shift;
 	g.page_size = f->pgsize;
-	g.data = (uint64_t)(uintptr_t)f->bitmap;
+	g.data = (uint64_t)(uintptr_t)bm;
 	if (flags & IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR)
 		f->st.no_clear_calls++;
 	else
@@ -267,10 +149,10 @@ static int read_piece(struct dirty_iommufd *f, size_t i, size_t j, uint64_t page
 				   flags ? " (NO_CLEAR)" : "", f->hwpt_id,
 				   (unsigned long long)g.iova, (unsigned long long)g.length,
 				   (unsigned long long)f->pgsize, strerror(-rc), get_hint(-rc));
-	return translate(f, i, j, pages);
+	return translate(f, bm, i, pages);
 }
 
-/* Read maps[lo, hi) piece by piece; every piece is tried, the first error kept. */
+/* Read regs[lo, hi) piece by piece; every piece is tried, the first error kept. */
 static int read_maps(struct dirty_iommufd *f, size_t lo, size_t hi, uint32_t flags)
 {
 	int first = 0;
@@ -280,7 +162,7 @@ static int read_maps(struct dirty_iommufd *f, size_t lo, size_t hi, uint32_t fla
 		int rc;
 
 		j = piece_end(f, i, hi, &pages);
-		rc = read_piece(f, i, j, pages, flags);
+		rc = read_piece(f, i, pages, flags);
 		if (rc == -EPROTO) {
 			first = first ? first : rc;
 			continue;
@@ -300,9 +182,9 @@ static int if_sync(struct dirty_source *src)
 	if (!f->tracking)
 		err = __dirty_err(-EINVAL, "iommufd dirty tracking is not started (dirty_view_start), so it cannot be read");
 	else
-		err = read_maps(f, 0, f->nmaps, 0);
+		err = read_maps(f, 0, f->map.n, 0);
 	if (err) {
-		mark_all(f);
+		iova_map_mark_all(&f->map, f->src);
 		f->st.errors++;
 	}
 	pthread_mutex_unlock(&f->lock);
@@ -339,7 +221,7 @@ static int if_start(struct dirty_source *src)
 		f->st.errors++;
 	else
 		f->tracking = true;
-	mark_all(f);
+	iova_map_mark_all(&f->map, f->src);
 	pthread_mutex_unlock(&f->lock);
 	return err;
 }
@@ -361,8 +243,7 @@ static void if_destroy(struct dirty_source *src)
 {
 	struct dirty_iommufd *f = dirty_source_priv(src);
 
-	free(f->maps);
-	free(f->bitmap);
+	iova_map_free(&f->map);
 	pthread_mutex_destroy(&f->lock);
 	free(f);
 }
@@ -405,6 +286,7 @@ DIRTY_API int dirty_iommufd_create(struct dirty_view *view, const struct dirty_i
 	f->pgsize = pg;
 	f->shift = (unsigned int)__builtin_ctzll(pg);
 	f->piece_pages = cfg->piece_pages ? cfg->piece_pages : DEFAULT_PIECE_PAGES;
+	iova_map_init(&f->map, "iommufd", pg);
 	pthread_mutex_init(&f->lock, NULL);
 	/* No fixed ranges: the adapter marks its own mappings on error. */
 	err = dirty_source_attach(view, &if_ops, f, NULL, 0, &f->src);
@@ -431,47 +313,18 @@ DIRTY_API struct dirty_source *dirty_iommufd_source(struct dirty_iommufd *f)
 DIRTY_API int dirty_iommufd_add_mapping(struct dirty_iommufd *f, uint64_t iova, uint64_t gpa,
 					uint64_t len)
 {
-	uint64_t mask = f->pgsize - 1;
-	size_t i;
+	int err = iova_map_check(&f->map, iova, gpa, len);
 
-	if (!len || (iova | gpa | len) & mask)
-		return __dirty_err(-EINVAL, "iommufd mapping IOVA %#llx -> GPA %#llx, %#llx bytes: must be non-empty and aligned to the page size %#llx",
-				   (unsigned long long)iova, (unsigned long long)gpa,
-				   (unsigned long long)len, (unsigned long long)f->pgsize);
-	if (len > UINT64_MAX - iova || len > UINT64_MAX - gpa)
-		return __dirty_err(-EINVAL, "iommufd mapping IOVA %#llx -> GPA %#llx, %#llx bytes: wraps around the address space",
-				   (unsigned long long)iova, (unsigned long long)gpa,
-				   (unsigned long long)len);
+	if (err)
+		return err;
 	/* One read holds a whole registration: keep its bitmap at most 1 GiB. */
-	if (pages_of(f, len) > MAX_MAP_PAGES)
+	if (len >> f->shift > MAX_MAP_PAGES)
 		return __dirty_err(-E2BIG, "iommufd mapping of %llu pages at IOVA %#llx: reading it whole needs a bitmap over 1 GiB; map it in smaller IOMMU_IOAS_MAP calls",
-				   (unsigned long long)pages_of(f, len), (unsigned long long)iova);
+				   (unsigned long long)(len >> f->shift), (unsigned long long)iova);
 	pthread_mutex_lock(&f->lock);
-	i = lower_bound(f, iova);
-	if (i < f->nmaps && f->maps[i].iova < iova + len) {
-		struct fmap o = f->maps[i];
-
-		pthread_mutex_unlock(&f->lock);
-		return __dirty_err(-EEXIST, "iommufd mapping IOVA [%#llx, +%#llx) overlaps the registered [%#llx, +%#llx)",
-				   (unsigned long long)iova, (unsigned long long)len,
-				   (unsigned long long)o.iova, (unsigned long long)o.len);
-	}
-	if (f->nmaps == f->cmaps) {
-		size_t c = f->cmaps ? f->cmaps * 2 : 16;
-		struct fmap *n = realloc(f->maps, c * sizeof(*n));
-
-		if (!n) {
-			pthread_mutex_unlock(&f->lock);
-			return __dirty_err(-ENOMEM, "dirty_iommufd_add_mapping: out of memory");
-		}
-		f->maps = n;
-		f->cmaps = c;
-	}
-	memmove(&f->maps[i + 1], &f->maps[i], (f->nmaps - i) * sizeof(f->maps[0]));
-	f->maps[i] = (struct fmap){ .iova = iova, .gpa = gpa, .len = len };
-	f->nmaps++;
+	err = iova_map_add(&f->map, iova, gpa, len, 0);
 	pthread_mutex_unlock(&f->lock);
-	return 0;
+	return err;
 }
 
 static int ioas_unmap(struct dirty_iommufd *f, uint64_t iova, uint64_t len, uint64_t *done)
@@ -498,30 +351,20 @@ static int ioas_unmap(struct dirty_iommufd *f, uint64_t iova, uint64_t len, uint
 DIRTY_API int dirty_iommufd_unmap(struct dirty_iommufd *f, uint64_t iova, uint64_t len,
 				  uint64_t *unmapped)
 {
-	uint64_t end, registered = 0, done = 0;
+	uint64_t registered = 0, done = 0;
 	size_t lo, hi;
-	int err = 0, rerr = 0, uerr, late = 0;
+	int err, rerr = 0, uerr, late = 0;
 
 	if (unmapped)
 		*unmapped = 0;
-	if (!len || (iova | len) & (f->pgsize - 1) || len > UINT64_MAX - iova)
-		return __dirty_err(-EINVAL, "iommufd unmap of IOVA [%#llx, +%#llx): must be non-empty, aligned to %#llx and not wrap",
-				   (unsigned long long)iova, (unsigned long long)len,
-				   (unsigned long long)f->pgsize);
-	end = iova + len;
 	pthread_mutex_lock(&f->lock);
-	lo = lower_bound(f, iova);
-	for (hi = lo; hi < f->nmaps && f->maps[hi].iova < end; hi++)
-		registered += f->maps[hi].len;
-	if (lo < hi && (f->maps[lo].iova < iova ||
-			f->maps[hi - 1].iova + f->maps[hi - 1].len > end)) {
-		struct fmap m = f->maps[lo].iova < iova ? f->maps[lo] : f->maps[hi - 1];
-
+	err = iova_map_range(&f->map, iova, len, &lo, &hi);
+	if (err) {
 		pthread_mutex_unlock(&f->lock);
-		return __dirty_err(-EINVAL, "iommufd unmap of IOVA [%#llx, +%#llx) would split the registered mapping [%#llx, +%#llx); iommufd unmaps whole mappings only",
-				   (unsigned long long)iova, (unsigned long long)len,
-				   (unsigned long long)m.iova, (unsigned long long)m.len);
+		return err;
 	}
+	for (size_t i = lo; i < hi; i++)
+		registered += f->map.regs[i].len;
 	/*
 	 * While tracking: the last bits first, without clearing (the unmap
 	 * destroys the IOPTEs right after), marked now, then the unmap. The
@@ -542,12 +385,12 @@ DIRTY_API int dirty_iommufd_unmap(struct dirty_iommufd *f, uint64_t iova, uint64
 	err = uerr ? uerr : err ? err : late;
 	/* Marked while the unmapped ones are still registered: they are the likeliest lost. */
 	if (err) {
-		mark_all(f);
+		iova_map_mark_all(&f->map, f->src);
 		f->st.errors++;
 	}
 	/* Gone from the kernel: their bits are in the view now. */
 	if (!uerr)
-		remove_maps(f, lo, hi - lo);
+		iova_map_remove(&f->map, lo, hi - lo);
 	pthread_mutex_unlock(&f->lock);
 	if (unmapped)
 		*unmapped = done;
@@ -556,49 +399,34 @@ DIRTY_API int dirty_iommufd_unmap(struct dirty_iommufd *f, uint64_t iova, uint64
 
 DIRTY_API int dirty_iommufd_remove_mapping(struct dirty_iommufd *f, uint64_t iova, uint64_t len)
 {
-	size_t i;
+	struct iova_reg r;
+	int err;
 
 	pthread_mutex_lock(&f->lock);
-	i = lower_bound(f, iova);
-	if (i == f->nmaps || f->maps[i].iova != iova || f->maps[i].len != len) {
-		pthread_mutex_unlock(&f->lock);
-		return __dirty_err(-ENOENT, "no iommufd mapping of IOVA [%#llx, +%#llx) is registered",
-				   (unsigned long long)iova, (unsigned long long)len);
-	}
+	err = iova_map_take(&f->map, iova, len, &r);
 	/* Its IOPTEs and their bits may be gone: what it received is unknown. */
-	if (f->tracking)
-		dirty_source_mark(f->src, f->maps[i].gpa, f->maps[i].len);
-	remove_maps(f, i, 1);
+	if (!err && f->tracking)
+		dirty_source_mark(f->src, r.gpa, r.len);
 	pthread_mutex_unlock(&f->lock);
-	return 0;
+	return err;
 }
 
 DIRTY_API int dirty_iommufd_translate(struct dirty_iommufd *f, uint64_t iova, uint64_t *gpa)
 {
-	int err = -ENOENT;
-	size_t i;
+	int err;
 
 	pthread_mutex_lock(&f->lock);
-	i = lower_bound(f, iova);
-	if (i < f->nmaps && f->maps[i].iova <= iova) {
-		*gpa = f->maps[i].gpa + (iova - f->maps[i].iova);
-		err = 0;
-	}
+	err = iova_map_lookup(&f->map, iova, gpa);
 	pthread_mutex_unlock(&f->lock);
-	if (err)
-		return __dirty_err(err, "IOVA %#llx is in no registered iommufd mapping",
-				   (unsigned long long)iova);
-	return 0;
+	return err;
 }
 
 DIRTY_API int dirty_iommufd_stats(struct dirty_iommufd *f, struct dirty_iommufd_stats *st)
 {
 	pthread_mutex_lock(&f->lock);
 	*st = f->st;
-	st->mappings = f->nmaps;
-	st->mapped_bytes = 0;
-	for (size_t i = 0; i < f->nmaps; i++)
-		st->mapped_bytes += f->maps[i].len;
+	st->mappings = f->map.n;
+	st->mapped_bytes = iova_map_bytes(&f->map);
 	pthread_mutex_unlock(&f->lock);
 	return 0;
 }

@@ -26,6 +26,7 @@
 
 #include "compat.h"
 #include "core.h"
+#include "libdirty/kvm.h"
 
 #define KVM_PAGE 4096ull
 
@@ -375,27 +376,25 @@ static void kvm_destroy(struct dirty_source *src)
 	free(kvm);
 }
 
+/* What both modes share; final is the same harvest, complete once vCPUs stopped. */
+#define KVM_OPS_COMMON \
+	.version = DIRTY_SOURCE_OPS_VERSION, \
+	.precision = DIRTY_PRECISE, \
+	.start = kvm_start, \
+	.stop = kvm_stop, \
+	.sync = kvm_sync, \
+	.final = kvm_sync, \
+	.destroy = kvm_destroy
+
 static const struct dirty_source_ops kvm_ops = {
-	.version = DIRTY_SOURCE_OPS_VERSION,
-	.precision = DIRTY_PRECISE,
+	KVM_OPS_COMMON,
 	.name = "kvm",
-	.start = kvm_start,
-	.stop = kvm_stop,
-	.sync = kvm_sync,
-	.final = kvm_sync,	/* vCPUs stopped: the same harvest is complete */
-	.destroy = kvm_destroy,
 };
 
 /* Clear-log adds the read-side step: claimed pages are re-protected. */
 static const struct dirty_source_ops kvm_clear_ops = {
-	.version = DIRTY_SOURCE_OPS_VERSION,
-	.precision = DIRTY_PRECISE,
+	KVM_OPS_COMMON,
 	.name = "kvm-clear-log",
-	.start = kvm_start,
-	.stop = kvm_stop,
-	.sync = kvm_sync,
-	.final = kvm_sync,
-	.destroy = kvm_destroy,
 	.prepare_read = kvm_prepare_read,
 };
 

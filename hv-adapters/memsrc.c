@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "core.h"
+#include "libdirty/memsrc.h"
 #include "hbm.h"
 
 struct memsrc {

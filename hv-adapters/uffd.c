@@ -50,6 +50,7 @@
 
 #include "compat.h"
 #include "core.h"
+#include "libdirty/uffd.h"
 
 #define UFFD_PAGE 4096ull
 #define UFFD_VEC_LEN 4096	/* output runs per PAGEMAP_SCAN call */

@@ -80,22 +80,18 @@
 #include <libdirty/vfio.h>
 
 #include "core.h"
+#include "libdirty/vfio.h"
+#include "iova_map.h"
 
 #define DEVLOG_MIN_PAGE 4096ull
 /* What the uapi promises at least: one kernel page of 16-byte ranges. */
 #define DEVLOG_MAX_RANGES 256u
 /* Bits per REPORT: 128 KiB of bitmap, 4 GiB of IOVA at 4 KiB pages. */
 #define REPORT_MAX_BITS (1ull << 20)
-/* Guest-physical runs gathered before one dirty_source_mark_ranges(). */
-#define RUN_BATCH 256
+/* iova_reg.flags: inside d->ranges since the last START. */
+#define LOGGED 1u
 
 typedef struct vfio_device_feature_dma_logging_range lrange;
-
-/* One mapping of the VMM: IOVA [iova, +len) is GPA [gpa, +len). */
-struct dmap {
-	uint64_t iova, gpa, len;
-	bool logged;		/* inside d->ranges since the last START */
-};
 
 struct dirty_vfio_devlog {
 	struct dirty_source *src;
@@ -107,18 +103,13 @@ struct dirty_vfio_devlog {
 	unsigned int policy;	/* immutable: enum dirty_vfio_devlog_rearm */
 	pthread_mutex_t lock;	/* everything below */
 	uint32_t max_ranges;	/* lowered when START says E2BIG */
-	struct dmap *maps;	/* sorted by iova, never overlapping */
-	size_t nmaps, cmaps;
+	struct iova_map map;	/* the VMM's mappings; flags: LOGGED */
 	lrange *ranges;		/* logged now (armed), sorted, disjoint */
 	size_t nranges;
 	uint64_t pgsize;	/* the driver's page size (armed) */
 	bool tracking;		/* the view started us, no stop since */
 	bool armed;
 	bool corrupt;
-	uint64_t *bitmap;	/* one REPORT's bitmap */
-	size_t bitmap_words;
-	struct dirty_range runs[RUN_BATCH];
-	size_t nruns;
 	struct dirty_vfio_devlog_stats st;	/* counters; the rest computed */
 	uint64_t bad_iova;	/* first IOVA of a bit no registration holds */
 	bool bad;
@@ -182,22 +173,6 @@ static int feature(struct dirty_vfio_devlog *d, uint32_t flags, void *payload, s
 
 /* ---- the mapping table (d->lock held) ---------------------------------------- */
 
-/* Index of the first mapping that ends above iova (d->nmaps if none). */
-static size_t lower_bound(const struct dirty_vfio_devlog *d, uint64_t iova)
-{
-	size_t lo = 0, hi = d->nmaps;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (d->maps[mid].iova + d->maps[mid].len <= iova)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
-}
-
 /* Is [iova, +len) inside one logged range? */
 static bool in_ranges(const struct dirty_vfio_devlog *d, uint64_t iova, uint64_t len)
 {
@@ -221,83 +196,23 @@ static size_t unlogged_count(const struct dirty_vfio_devlog *d)
 {
 	size_t n = 0;
 
-	for (size_t i = 0; i < d->nmaps; i++)
-		n += !d->maps[i].logged;
+	for (size_t i = 0; i < d->map.n; i++)
+		n += !(d->map.regs[i].flags & LOGGED);
 	return n;
 }
 
 /* ---- marking (d->lock held) --------------------------------------------------- */
 
-static void flush_runs(struct dirty_vfio_devlog *d)
+/* Mark regs[i, j) whole (or only the unlogged ones): mappings whose bits cannot be read. */
+static void mark_maps(struct dirty_vfio_devlog *d, size_t i, size_t j, bool unlogged_only)
 {
-	if (d->nruns)
-		dirty_source_mark_ranges(d->src, d->runs, d->nruns);
-	d->nruns = 0;
-}
-
-/* Queue GPA [gpa, +len), joined to the previous run when they touch. */
-static void add_run(struct dirty_vfio_devlog *d, uint64_t gpa, uint64_t len)
-{
-	struct dirty_range *last = d->nruns ? &d->runs[d->nruns - 1] : NULL;
-
-	if (last && last->gpa + last->len == gpa) {
-		last->len += len;
-		return;
-	}
-	if (d->nruns == RUN_BATCH)
-		flush_runs(d);
-	d->runs[d->nruns].gpa = gpa;
-	d->runs[d->nruns++].len = len;
+	iova_map_mark(&d->map, d->src, i, j, unlogged_only ? LOGGED : 0);
 }
 
 /* The error rule and the window's cover: every registered page. Returns pages. */
 static uint64_t mark_all(struct dirty_vfio_devlog *d)
 {
-	uint64_t pages = 0;
-
-	d->nruns = 0;
-	for (size_t i = 0; i < d->nmaps; i++) {
-		add_run(d, d->maps[i].gpa, d->maps[i].len);
-		pages += d->maps[i].len / DEVLOG_MIN_PAGE;
-	}
-	flush_runs(d);
-	return pages;
-}
-
-/* Mark maps[i, j) whole: mappings whose bits cannot be read. */
-static void mark_maps(struct dirty_vfio_devlog *d, size_t i, size_t j, bool unlogged_only)
-{
-	d->nruns = 0;
-	for (; i < j; i++)
-		if (!unlogged_only || !d->maps[i].logged)
-			add_run(d, d->maps[i].gpa, d->maps[i].len);
-	flush_runs(d);
-}
-
-/*
- * Mark the IOVA span [a, a + len) (one reported bit) at the GPAs of the
- * registrations it overlaps. A bit over a hole between two mappings is
- * normal at large page sizes; a bit that overlaps no registration at all
- * is a write nobody can place, recorded in d->bad.
- */
-static void mark_iova(struct dirty_vfio_devlog *d, uint64_t a, uint64_t len)
-{
-	uint64_t last = a + (len - 1);
-	size_t k = lower_bound(d, a);
-	bool any = false;
-
-	for (; k < d->nmaps && d->maps[k].iova <= last; k++) {
-		const struct dmap *m = &d->maps[k];
-		uint64_t s = a > m->iova ? a : m->iova;
-		uint64_t e = last < m->iova + (m->len - 1) ? last : m->iova + (m->len - 1);
-
-		add_run(d, m->gpa + (s - m->iova), e - s + 1);
-		any = true;
-	}
-	if (!any && !d->bad) {
-		d->bad = true;
-		d->bad_iova = a;
-	}
+	return iova_map_mark_all(&d->map, d->src) / DEVLOG_MIN_PAGE;
 }
 
 static int untranslatable(struct dirty_vfio_devlog *d, const char *what)
@@ -307,21 +222,6 @@ static int untranslatable(struct dirty_vfio_devlog *d, const char *what)
 }
 
 /* ---- REPORT (d->lock held, armed) --------------------------------------------- */
-
-static int bitmap_for(struct dirty_vfio_devlog *d, size_t words)
-{
-	if (words > d->bitmap_words) {
-		uint64_t *b = realloc(d->bitmap, words * sizeof(uint64_t));
-
-		if (!b)
-			return __dirty_err(-ENOMEM, "device DMA log: out of memory for a %zu-byte bitmap",
-					   words * sizeof(uint64_t));
-		d->bitmap = b;
-		d->bitmap_words = words;
-	}
-	memset(d->bitmap, 0, words * sizeof(uint64_t));
-	return 0;
-}
 
 static const char *report_hint(int e)
 {
@@ -338,23 +238,26 @@ static const char *report_hint(int e)
 /*
  * REPORT the IOVA window [w, w + nbits * pgsize) (w aligned to the page
  * size) and mark what it returns. The log is read-and-clear, so every bit
- * is marked before this returns; a bit past the window is the driver
- * breaking the uapi.
+ * is marked before this returns. A bit past the window is the driver
+ * breaking the uapi; one over no registration is a write nobody can place
+ * (a bit over a hole between two mappings is normal at large page sizes):
+ * both are recorded in d->bad, and the other windows are read all the same.
  */
 static int report_window(struct dirty_vfio_devlog *d, uint64_t w, uint64_t nbits)
 {
 	struct vfio_device_feature_dma_logging_report rep;
-	size_t words = (size_t)((nbits + 63) / 64);
 	unsigned int shift = (unsigned int)__builtin_ctzll(d->pgsize);
-	int rc = bitmap_for(d, words);
+	uint64_t *bm = iova_map_bitmap(&d->map, nbits);
+	struct iova_bits b = { .bm = bm, .base = w, .nbits = nbits, .shift = shift };
+	int rc;
 
-	if (rc)
-		return rc;
+	if (!bm)
+		return -ENOMEM;
 	memset(&rep, 0, sizeof(rep));
 	rep.iova = w;
 	rep.length = nbits << shift;
 	rep.page_size = d->pgsize;
-	rep.bitmap = (uint64_t)(uintptr_t)d->bitmap;
+	rep.bitmap = (uint64_t)(uintptr_t)bm;
 	d->st.reports++;
 	rc = feature(d, VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
 		     &rep, sizeof(rep));
@@ -363,30 +266,17 @@ static int report_window(struct dirty_vfio_devlog *d, uint64_t w, uint64_t nbits
 				   (unsigned long long)w, (unsigned long long)rep.length,
 				   (unsigned long long)d->pgsize, d->fd, strerror(-rc),
 				   report_hint(-rc));
-	if (nbits % 64 && d->bitmap[words - 1] >> (nbits % 64)) {
+	rc = iova_map_mark_bits(&d->map, d->src, &b);
+	d->st.pages_reported += b.set;
+	if (rc && !d->bad) {
 		d->bad = true;
-		d->bad_iova = w + (nbits << shift);
+		d->bad_iova = b.bad;
 	}
-	d->nruns = 0;
-	for (size_t i = 0; i < words; i++) {
-		uint64_t word = d->bitmap[i];
-
-		if (i == words - 1 && nbits % 64)
-			word &= (1ull << (nbits % 64)) - 1;
-		while (word) {
-			unsigned int b = (unsigned int)__builtin_ctzll(word);
-
-			word &= word - 1;
-			d->st.pages_reported++;
-			mark_iova(d, w + (((uint64_t)i * 64 + b) << shift), d->pgsize);
-		}
-	}
-	flush_runs(d);
 	return 0;
 }
 
 /*
- * REPORT the logged registrations among maps[i, j): each rounded out to
+ * REPORT the logged registrations among regs[i, j): each rounded out to
  * the page size (the ranges are aligned to it, so the window stays in
  * its range), touching ones joined, at most REPORT_MAX_BITS per call.
  * Only registrations are read, never the holes between them: a hole may
@@ -395,22 +285,23 @@ static int report_window(struct dirty_vfio_devlog *d, uint64_t w, uint64_t nbits
  */
 static int report_maps(struct dirty_vfio_devlog *d, size_t i, size_t j)
 {
+	const struct iova_reg *m = d->map.regs;
 	uint64_t mask = d->pgsize - 1;
 	unsigned int shift = (unsigned int)__builtin_ctzll(d->pgsize);
 
 	while (i < j) {
 		uint64_t ws, wl;	/* window start, last byte */
 
-		if (!d->maps[i].logged) {
+		if (!(m[i].flags & LOGGED)) {
 			i++;
 			continue;
 		}
-		ws = d->maps[i].iova & ~mask;
-		wl = (d->maps[i].iova + (d->maps[i].len - 1)) | mask;
+		ws = m[i].iova & ~mask;
+		wl = (m[i].iova + (m[i].len - 1)) | mask;
 		/* Touching windows lie in one range: touching ranges were joined. */
-		for (i++; i < j && d->maps[i].logged && wl != UINT64_MAX &&
-		     (d->maps[i].iova & ~mask) <= wl + 1; i++) {
-			uint64_t l = (d->maps[i].iova + (d->maps[i].len - 1)) | mask;
+		for (i++; i < j && (m[i].flags & LOGGED) && wl != UINT64_MAX &&
+		     (m[i].iova & ~mask) <= wl + 1; i++) {
+			uint64_t l = (m[i].iova + (m[i].len - 1)) | mask;
 
 			wl = l > wl ? l : wl;
 		}
@@ -458,12 +349,13 @@ static int plan_ranges(struct dirty_vfio_devlog *d, uint64_t align, size_t max,
 	size_t n = 0, k = 0;
 	int err = 0;
 
-	r = calloc(d->nmaps ? d->nmaps : 1, sizeof(*r));
+	r = calloc(d->map.n ? d->map.n : 1, sizeof(*r));
 	if (!r)
 		return __dirty_err(-ENOMEM, "device DMA log: out of memory planning ranges");
-	for (size_t i = 0; i < d->nmaps; i++) {
-		uint64_t s = d->maps[i].iova & ~(align - 1);
-		uint64_t l = (d->maps[i].iova + (d->maps[i].len - 1)) | (align - 1);
+	for (size_t i = 0; i < d->map.n; i++) {
+		const struct iova_reg *m = &d->map.regs[i];
+		uint64_t s = m->iova & ~(align - 1);
+		uint64_t l = (m->iova + (m->len - 1)) | (align - 1);
 
 		if (n && (r[n - 1].l == UINT64_MAX || s <= r[n - 1].l + 1)) {
 			r[n - 1].l = l > r[n - 1].l ? l : r[n - 1].l;
@@ -604,8 +496,11 @@ static int arm(struct dirty_vfio_devlog *d)
 		d->nranges = n;
 		d->pgsize = pg;
 		d->armed = true;
-		for (size_t i = 0; i < d->nmaps; i++)
-			d->maps[i].logged = in_ranges(d, d->maps[i].iova, d->maps[i].len);
+		for (size_t i = 0; i < d->map.n; i++) {
+			struct iova_reg *m = &d->map.regs[i];
+
+			m->flags = in_ranges(d, m->iova, m->len) ? LOGGED : 0;
+		}
 		return 0;
 	}
 	free(r);
@@ -618,8 +513,8 @@ static void disarm(struct dirty_vfio_devlog *d)
 	free(d->ranges);
 	d->ranges = NULL;
 	d->nranges = 0;
-	for (size_t i = 0; i < d->nmaps; i++)
-		d->maps[i].logged = false;
+	for (size_t i = 0; i < d->map.n; i++)
+		d->map.regs[i].flags &= ~LOGGED;
 }
 
 /*
@@ -637,7 +532,7 @@ static int rearm(struct dirty_vfio_devlog *d)
 		err = log_stop(d);
 		disarm(d);
 	}
-	if (!err && d->nmaps)
+	if (!err && d->map.n)
 		err = arm(d);
 	d->corrupt = err != 0;
 	/* The window closes here: START has returned (or failed). */
@@ -651,7 +546,7 @@ static int rearm(struct dirty_vfio_devlog *d)
 static bool needs_rearm(const struct dirty_vfio_devlog *d)
 {
 	if (!d->armed)
-		return d->nmaps > 0;
+		return d->map.n > 0;
 	return d->corrupt || (d->policy == DIRTY_VFIO_DEVLOG_REARM_AUTO && unlogged_count(d));
 }
 
@@ -663,11 +558,11 @@ static int harvest(struct dirty_vfio_devlog *d)
 	int err;
 
 	d->bad = false;
-	err = report_maps(d, 0, d->nmaps);
+	err = report_maps(d, 0, d->map.n);
 	if (!err && d->bad)
 		err = untranslatable(d, "reported");
 	if (!err)
-		mark_maps(d, 0, d->nmaps, true);
+		mark_maps(d, 0, d->map.n, true);
 	return err;
 }
 
@@ -732,7 +627,7 @@ static int dl_start(struct dirty_source *src)
 		err = log_stop(d);
 		disarm(d);
 	}
-	if (!err && d->nmaps)
+	if (!err && d->map.n)
 		err = arm(d);
 	d->corrupt = false;
 	d->tracking = err == 0;
@@ -768,9 +663,8 @@ static void dl_destroy(struct dirty_source *src)
 	 * failed: the VMM may have closed the fd, and its number may belong
 	 * to another file by now.
 	 */
-	free(d->maps);
+	iova_map_free(&d->map);
 	free(d->ranges);
-	free(d->bitmap);
 	pthread_mutex_destroy(&d->lock);
 	free(d);
 }
@@ -838,6 +732,7 @@ DIRTY_API int dirty_vfio_devlog_create(struct dirty_view *view,
 	d->policy = cfg->rearm;
 	d->max_ranges = cfg->max_ranges && cfg->max_ranges < DEVLOG_MAX_RANGES ?
 		cfg->max_ranges : DEVLOG_MAX_RANGES;
+	iova_map_init(&d->map, "device DMA log", DEVLOG_MIN_PAGE);
 	/* PROBE through the hook: side-effect free, and says early what is missing. */
 	rc = feature(d, VFIO_DEVICE_FEATURE_PROBE | VFIO_DEVICE_FEATURE_SET |
 		     VFIO_DEVICE_FEATURE_DMA_LOGGING_START, NULL, 0);
@@ -871,75 +766,34 @@ DIRTY_API struct dirty_source *dirty_vfio_devlog_source(struct dirty_vfio_devlog
 DIRTY_API int dirty_vfio_devlog_add_mapping(struct dirty_vfio_devlog *d, uint64_t iova,
 					    uint64_t gpa, uint64_t len)
 {
-	const uint64_t mask = DEVLOG_MIN_PAGE - 1;
-	size_t i;
+	int err = iova_map_check(&d->map, iova, gpa, len);
 
-	if (!len || (iova | gpa | len) & mask)
-		return __dirty_err(-EINVAL, "device DMA log mapping IOVA %#llx -> GPA %#llx, %#llx bytes: must be non-empty and aligned to 4096",
-				   (unsigned long long)iova, (unsigned long long)gpa,
-				   (unsigned long long)len);
-	if (len > UINT64_MAX - iova || len > UINT64_MAX - gpa)
-		return __dirty_err(-EINVAL, "device DMA log mapping IOVA %#llx -> GPA %#llx, %#llx bytes: wraps around the address space",
-				   (unsigned long long)iova, (unsigned long long)gpa,
-				   (unsigned long long)len);
+	if (err)
+		return err;
 	pthread_mutex_lock(&d->lock);
-	i = lower_bound(d, iova);
-	if (i < d->nmaps && d->maps[i].iova < iova + len) {
-		struct dmap o = d->maps[i];
-
-		pthread_mutex_unlock(&d->lock);
-		return __dirty_err(-EEXIST, "device DMA log mapping IOVA [%#llx, +%#llx) overlaps the registered [%#llx, +%#llx)",
-				   (unsigned long long)iova, (unsigned long long)len,
-				   (unsigned long long)o.iova, (unsigned long long)o.len);
-	}
-	if (d->nmaps == d->cmaps) {
-		size_t c = d->cmaps ? d->cmaps * 2 : 16;
-		struct dmap *n = realloc(d->maps, c * sizeof(*n));
-
-		if (!n) {
-			pthread_mutex_unlock(&d->lock);
-			return __dirty_err(-ENOMEM, "dirty_vfio_devlog_add_mapping: out of memory");
-		}
-		d->maps = n;
-		d->cmaps = c;
-	}
-	memmove(&d->maps[i + 1], &d->maps[i], (d->nmaps - i) * sizeof(d->maps[0]));
 	/*
 	 * Inside the logged ranges the device's writes are logged already
 	 * (by IOVA; the unmap of whatever this IOVA held before reported its
 	 * bits). Outside, they are logged nowhere until a re-arm, whose
 	 * cover marks this mapping after its START.
 	 */
-	d->maps[i] = (struct dmap){ .iova = iova, .gpa = gpa, .len = len,
-				    .logged = !d->corrupt && in_ranges(d, iova, len) };
-	d->nmaps++;
+	err = iova_map_add(&d->map, iova, gpa, len,
+			   !d->corrupt && in_ranges(d, iova, len) ? LOGGED : 0);
 	pthread_mutex_unlock(&d->lock);
-	return 0;
+	return err;
 }
 
 DIRTY_API int dirty_vfio_devlog_unmapped(struct dirty_vfio_devlog *d, uint64_t iova,
 					 uint64_t len)
 {
-	uint64_t end;
 	size_t lo, hi;
-	int err = 0;
+	int err;
 
-	if (!len || (iova | len) & (DEVLOG_MIN_PAGE - 1) || len > UINT64_MAX - iova)
-		return __dirty_err(-EINVAL, "device DMA log unmap of IOVA [%#llx, +%#llx): must be non-empty, aligned to 4096 and not wrap",
-				   (unsigned long long)iova, (unsigned long long)len);
-	end = iova + len;
 	pthread_mutex_lock(&d->lock);
-	lo = lower_bound(d, iova);
-	for (hi = lo; hi < d->nmaps && d->maps[hi].iova < end; hi++)
-		;
-	if (lo < hi && (d->maps[lo].iova < iova ||
-			d->maps[hi - 1].iova + d->maps[hi - 1].len > end)) {
-		struct dmap m = d->maps[lo].iova < iova ? d->maps[lo] : d->maps[hi - 1];
-
+	err = iova_map_range(&d->map, iova, len, &lo, &hi);
+	if (err) {
 		pthread_mutex_unlock(&d->lock);
-		return __dirty_err(-EINVAL, "device DMA log unmap of IOVA [%#llx, +%#llx) would split the registered mapping [%#llx, +%#llx)",
-				   (unsigned long long)iova, (unsigned long long)len,
-				   (unsigned long long)m.iova, (unsigned long long)m.len);
+		return err;
 	}
 	if (d->tracking && lo < hi) {
 		if (d->armed && !d->corrupt) {
@@ -961,10 +815,7 @@ DIRTY_API int dirty_vfio_devlog_unmapped(struct dirty_vfio_devlog *d, uint64_t i
 		}
 	}
 	/* Gone from the kernel either way; their pages are in the view now. */
-	if (hi > lo) {
-		memmove(&d->maps[lo], &d->maps[hi], (d->nmaps - hi) * sizeof(d->maps[0]));
-		d->nmaps -= hi - lo;
-	}
+	iova_map_remove(&d->map, lo, hi - lo);
 	pthread_mutex_unlock(&d->lock);
 	return err;
 }
@@ -983,20 +834,12 @@ DIRTY_API int dirty_vfio_devlog_rearm(struct dirty_vfio_devlog *d)
 DIRTY_API int dirty_vfio_devlog_translate(struct dirty_vfio_devlog *d, uint64_t iova,
 					  uint64_t *gpa)
 {
-	int err = -ENOENT;
-	size_t i;
+	int err;
 
 	pthread_mutex_lock(&d->lock);
-	i = lower_bound(d, iova);
-	if (i < d->nmaps && d->maps[i].iova <= iova) {
-		*gpa = d->maps[i].gpa + (iova - d->maps[i].iova);
-		err = 0;
-	}
+	err = iova_map_lookup(&d->map, iova, gpa);
 	pthread_mutex_unlock(&d->lock);
-	if (err)
-		return __dirty_err(err, "IOVA %#llx is in no registered device DMA log mapping",
-				   (unsigned long long)iova);
-	return 0;
+	return err;
 }
 
 DIRTY_API int dirty_vfio_devlog_stats(struct dirty_vfio_devlog *d,
@@ -1004,10 +847,8 @@ DIRTY_API int dirty_vfio_devlog_stats(struct dirty_vfio_devlog *d,
 {
 	pthread_mutex_lock(&d->lock);
 	*st = d->st;
-	st->mappings = d->nmaps;
-	st->mapped_bytes = 0;
-	for (size_t i = 0; i < d->nmaps; i++)
-		st->mapped_bytes += d->maps[i].len;
+	st->mappings = d->map.n;
+	st->mapped_bytes = iova_map_bytes(&d->map);
 	st->unlogged = unlogged_count(d);
 	st->ranges = d->armed ? d->nranges : 0;
 	st->page_size = d->armed ? d->pgsize : 0;

@@ -37,14 +37,8 @@
 #include <libdirty/vfio.h>
 
 #include "core.h"
-
-/* Guest-physical runs gathered before one dirty_source_mark_ranges(). */
-#define RUN_BATCH 256
-
-/* One VFIO_IOMMU_MAP_DMA of the VMM: IOVA [iova, +len) is GPA [gpa, +len). */
-struct tmap {
-	uint64_t iova, gpa, len;
-};
+#include "libdirty/vfio.h"
+#include "iova_map.h"
 
 struct dirty_vfio_type1 {
 	struct dirty_source *src;
@@ -53,13 +47,8 @@ struct dirty_vfio_type1 {
 	unsigned int shift;			/* log2(caps.pgsize) */
 	uint64_t piece_pages;			/* immutable after create */
 	pthread_mutex_t lock;	/* everything below; never the VMM's or the view's */
-	struct tmap *maps;	/* sorted by iova, never overlapping */
-	size_t nmaps, cmaps;
+	struct iova_map map;	/* one registration per VFIO_IOMMU_MAP_DMA */
 	bool tracking;		/* START succeeded, no STOP since */
-	uint64_t *bitmap;	/* one ioctl's bitmap */
-	size_t bitmap_words;
-	struct dirty_range runs[RUN_BATCH];
-	size_t nruns;
 	struct dirty_vfio_type1_stats st;	/* mappings/mapped_bytes computed */
 	uint64_t bad_iova;	/* first untranslatable IOVA of the last translate() */
 };
@@ -139,126 +128,26 @@ DIRTY_API int dirty_vfio_type1_probe(int container_fd, struct dirty_vfio_type1_c
 	return 0;
 }
 
-/* ---- the mapping table (t->lock held) ------------------------------------- */
-
-static uint64_t pages_of(const struct dirty_vfio_type1 *t, uint64_t len)
-{
-	return len >> t->shift;
-}
-
-/* Index of the first mapping that ends above iova (t->nmaps if none). */
-static size_t lower_bound(const struct dirty_vfio_type1 *t, uint64_t iova)
-{
-	size_t lo = 0, hi = t->nmaps;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (t->maps[mid].iova + t->maps[mid].len <= iova)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
-}
-
-static void remove_maps(struct dirty_vfio_type1 *t, size_t i, size_t n)
-{
-	memmove(&t->maps[i], &t->maps[i + n], (t->nmaps - i - n) * sizeof(t->maps[0]));
-	t->nmaps -= n;
-}
-
 /* ---- marking (t->lock held) ----------------------------------------------- */
 
-static void flush_runs(struct dirty_vfio_type1 *t)
-{
-	if (t->nruns)
-		dirty_source_mark_ranges(t->src, t->runs, t->nruns);
-	t->nruns = 0;
-}
-
-/* Queue GPA [gpa, +len), joining it to the previous run when they touch. */
-static void add_run(struct dirty_vfio_type1 *t, uint64_t gpa, uint64_t len)
-{
-	struct dirty_range *last = t->nruns ? &t->runs[t->nruns - 1] : NULL;
-
-	if (last && last->gpa + last->len == gpa) {
-		last->len += len;
-		return;
-	}
-	if (t->nruns == RUN_BATCH)
-		flush_runs(t);
-	t->runs[t->nruns].gpa = gpa;
-	t->runs[t->nruns++].len = len;
-}
-
-/* The error rule: every registered page is dirty. */
-static void mark_all(struct dirty_vfio_type1 *t)
-{
-	t->nruns = 0;
-	for (size_t i = 0; i < t->nmaps; i++)
-		add_run(t, t->maps[i].gpa, t->maps[i].len);
-	flush_runs(t);
-}
-
 /*
- * Mark what one ioctl's bitmap says. Bit i stands for the page at IOVA
- * base + i * pgsize; maps[first, last) are the registrations inside the
- * range asked for, sorted. Only the bitmap's words are read (words, from
- * the size handed to the kernel), and every set bit must fall inside one
- * of those registrations: one that does not (a hole, a MAP_DMA never
- * registered, garbage past the range) has no known guest page. It is not
- * dropped: the caller gets -EPROTO (t->bad_iova says where) and applies
- * the error rule. Everything translatable is marked either way.
+ * Mark what one ioctl's bitmap says: bit i is the page at IOVA base + i *
+ * pgsize, over the registrations of the range asked for. A set bit in
+ * none of them (a hole, a MAP_DMA never registered, garbage past the
+ * range) has no known guest page. It is not dropped: the caller gets
+ * -EPROTO (t->bad_iova says where) and applies the error rule.
+ * Everything translatable is marked either way.
  */
 static int translate(struct dirty_vfio_type1 *t, uint64_t base, const uint64_t *bm,
-		     size_t words, size_t first, size_t last)
+		     uint64_t pages)
 {
-	uint64_t nbits = (uint64_t)words * 64, i = 0;
-	size_t k = first;
-	bool outside = false;
+	struct iova_bits b = { .bm = bm, .base = base, .nbits = pages, .shift = t->shift };
+	int err = iova_map_mark_bits(&t->map, t->src, &b);
 
-	t->nruns = 0;
-	while (i < nbits) {
-		uint64_t w = i / 64, v = bm[w] & (~0ull << (i % 64)), a, b;
-
-		while (!v && ++w < words)
-			v = bm[w];
-		if (!v)
-			break;
-		a = w * 64 + (uint64_t)__builtin_ctzll(v);
-		/* The run of set bits from a: the next clear bit ends it. */
-		w = a / 64;
-		v = ~bm[w] & (~0ull << (a % 64));
-		while (!v && ++w < words)
-			v = ~bm[w];
-		b = v ? w * 64 + (uint64_t)__builtin_ctzll(v) : nbits;
-		t->st.pages_reported += b - a;
-		/* Pages [a, b) relative to base; mappings as page offsets too. */
-		while (a < b) {
-			uint64_t ms, me, end;
-
-			while (k < last && pages_of(t, t->maps[k].iova - base) +
-			       pages_of(t, t->maps[k].len) <= a)
-				k++;
-			ms = k < last ? pages_of(t, t->maps[k].iova - base) : b;
-			if (ms > a) {
-				if (!outside)
-					t->bad_iova = base + (a << t->shift);
-				outside = true;
-				a = ms < b ? ms : b;
-				continue;
-			}
-			me = ms + pages_of(t, t->maps[k].len);
-			end = me < b ? me : b;
-			add_run(t, t->maps[k].gpa + ((a - ms) << t->shift),
-				(end - a) << t->shift);
-			a = end;
-		}
-		i = b;
-	}
-	flush_runs(t);
-	return outside ? -EPROTO : 0;
+	t->st.pages_reported += b.set;
+	if (err)
+		t->bad_iova = b.bad;
+	return err;
 }
 
 static int untranslatable(struct dirty_vfio_type1 *t, const char *what)
@@ -267,43 +156,17 @@ static int untranslatable(struct dirty_vfio_type1 *t, const char *what)
 			   what, (unsigned long long)t->bad_iova);
 }
 
-/* A zeroed bitmap of at least words words in t->bitmap. */
-static int bitmap_for(struct dirty_vfio_type1 *t, size_t words)
-{
-	if (words > t->bitmap_words) {
-		uint64_t *n = realloc(t->bitmap, words * sizeof(uint64_t));
-
-		if (!n)
-			return __dirty_err(-ENOMEM, "type1: out of memory for a %zu-byte dirty bitmap",
-					   words * sizeof(uint64_t));
-		t->bitmap = n;
-		t->bitmap_words = words;
-	}
-	/* The uapi: the caller zeroes the bitmap. */
-	memset(t->bitmap, 0, words * sizeof(uint64_t));
-	return 0;
-}
-
 /*
- * The run of IOVA-adjacent registrations that starts at maps[i] and fits
+ * The run of IOVA-adjacent registrations that starts at regs[i] and fits
  * one piece: returns its end index. Only adjacent ones are joined: a range
  * over a hole could cover, or split, a MAP_DMA the VMM made but has not
  * registered yet (it registers after mapping), which would fail or read
  * as untranslatable bits. A single mapping larger than a piece is a piece
  * of its own, since type1 refuses to split it.
  */
-static size_t piece_end(const struct dirty_vfio_type1 *t, size_t i, size_t hi,
-			uint64_t *pages)
+static size_t piece_end(struct dirty_vfio_type1 *t, size_t i, size_t hi, uint64_t *pages)
 {
-	size_t j = i + 1;
-
-	*pages = pages_of(t, t->maps[i].len);
-	while (j < hi && t->maps[j].iova == t->maps[j - 1].iova + t->maps[j - 1].len &&
-	       *pages + pages_of(t, t->maps[j].len) <= t->piece_pages) {
-		*pages += pages_of(t, t->maps[j].len);
-		j++;
-	}
-	return j;
+	return iova_map_piece(&t->map, i, hi, t->piece_pages, pages);
 }
 
 static const char *einval_hint(int e)
@@ -314,8 +177,8 @@ static const char *einval_hint(int e)
 
 /* ---- harvest (t->lock held) ------------------------------------------------ */
 
-/* GET_BITMAP of maps[i, j), pages long, into t->bitmap; then mark. */
-static int get_piece(struct dirty_vfio_type1 *t, size_t i, size_t j, uint64_t pages)
+/* GET_BITMAP of the piece at regs[i], pages long; then mark. */
+static int get_piece(struct dirty_vfio_type1 *t, size_t i, uint64_t pages)
 {
 	union {
 		struct vfio_iommu_type1_dirty_bitmap db;
@@ -324,19 +187,19 @@ static int get_piece(struct dirty_vfio_type1 *t, size_t i, size_t j, uint64_t pa
 	} arg;
 	struct vfio_iommu_type1_dirty_bitmap_get get;
 	size_t words = (size_t)((pages + 63) / 64);
-	int err = bitmap_for(t, words);
+	uint64_t *bm = iova_map_bitmap(&t->map, pages);
 
-	if (err)
-		return err;
+	if (!bm)
+		return -ENOMEM;
 	memset(&arg, 0, sizeof(arg));
 	arg.db.argsz = sizeof(arg.raw);
 	arg.db.flags = VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
 	memset(&get, 0, sizeof(get));
-	get.iova = t->maps[i].iova;
+	get.iova = t->map.regs[i].iova;
 	get.size = pages << t->shift;
 	get.bitmap.pgsize = t->caps.pgsize;
 	get.bitmap.size = words * sizeof(uint64_t);
-	get.bitmap.data = (__u64 *)t->bitmap;
+	get.bitmap.data = (__u64 *)bm;
 	memcpy(arg.raw + offsetof(struct vfio_iommu_type1_dirty_bitmap, data), &get, sizeof(get));
 	t->st.get_bitmap_calls++;
 	if (ioctl(t->fd, VFIO_IOMMU_DIRTY_PAGES, &arg) < 0) {
@@ -346,7 +209,7 @@ static int get_piece(struct dirty_vfio_type1 *t, size_t i, size_t j, uint64_t pa
 				   (unsigned long long)get.iova, (unsigned long long)get.size,
 				   strerror(e), einval_hint(e));
 	}
-	if (translate(t, get.iova, t->bitmap, words, i, j))
+	if (translate(t, get.iova, bm, pages))
 		return untranslatable(t, "GET_BITMAP reported");
 	return 0;
 }
@@ -360,11 +223,11 @@ static int t1_sync(struct dirty_source *src)
 	if (!t->tracking) {
 		err = __dirty_err(-EINVAL, "type1 dirty tracking is not started (dirty_view_start), so it cannot be read");
 	} else {
-		for (size_t i = 0, j; i < t->nmaps; i = j) {
+		for (size_t i = 0, j; i < t->map.n; i = j) {
 			uint64_t pages;
 
-			j = piece_end(t, i, t->nmaps, &pages);
-			err = get_piece(t, i, j, pages);
+			j = piece_end(t, i, t->map.n, &pages);
+			err = get_piece(t, i, pages);
 			if (err == -EPROTO) {
 				/* Translated what it could; read the other pieces too. */
 				first = first ? first : err;
@@ -376,7 +239,7 @@ static int t1_sync(struct dirty_source *src)
 		err = err ? err : first;
 	}
 	if (err) {
-		mark_all(t);
+		iova_map_mark_all(&t->map, t->src);
 		t->st.errors++;
 	}
 	pthread_mutex_unlock(&t->lock);
@@ -409,7 +272,7 @@ static int t1_start(struct dirty_source *src)
 		t->st.errors++;
 	else
 		t->tracking = true;
-	mark_all(t);
+	iova_map_mark_all(&t->map, t->src);
 	pthread_mutex_unlock(&t->lock);
 	return err;
 }
@@ -432,8 +295,7 @@ static void t1_destroy(struct dirty_source *src)
 {
 	struct dirty_vfio_type1 *t = dirty_source_priv(src);
 
-	free(t->maps);
-	free(t->bitmap);
+	iova_map_free(&t->map);
 	pthread_mutex_destroy(&t->lock);
 	free(t);
 }
@@ -480,6 +342,7 @@ DIRTY_API int dirty_vfio_type1_create(struct dirty_view *view,
 	t->shift = (unsigned int)__builtin_ctzll(caps.pgsize);
 	t->piece_pages = cfg->piece_pages && cfg->piece_pages < caps.max_pages ?
 		cfg->piece_pages : caps.max_pages;
+	iova_map_init(&t->map, "type1", caps.pgsize);
 	pthread_mutex_init(&t->lock, NULL);
 	/* No fixed ranges: the adapter marks its own mappings on error. */
 	err = dirty_source_attach(view, &t1_ops, t, NULL, 0, &t->src);
@@ -513,51 +376,22 @@ DIRTY_API int dirty_vfio_type1_caps(struct dirty_vfio_type1 *t,
 DIRTY_API int dirty_vfio_type1_add_mapping(struct dirty_vfio_type1 *t, uint64_t iova,
 					   uint64_t gpa, uint64_t len)
 {
-	uint64_t mask = t->caps.pgsize - 1;
-	size_t i;
+	int err = iova_map_check(&t->map, iova, gpa, len);
 
-	if (!len || (iova | gpa | len) & mask)
-		return __dirty_err(-EINVAL, "type1 mapping IOVA %#llx -> GPA %#llx, %#llx bytes: must be non-empty and aligned to type1's dirty page size %#llx",
-				   (unsigned long long)iova, (unsigned long long)gpa,
-				   (unsigned long long)len, (unsigned long long)t->caps.pgsize);
-	if (len > UINT64_MAX - iova || len > UINT64_MAX - gpa)
-		return __dirty_err(-EINVAL, "type1 mapping IOVA %#llx -> GPA %#llx, %#llx bytes: wraps around the address space",
-				   (unsigned long long)iova, (unsigned long long)gpa,
-				   (unsigned long long)len);
-	if (pages_of(t, len) > t->caps.max_pages)
+	if (err)
+		return err;
+	if (len >> t->shift > t->caps.max_pages)
 		return __dirty_err(-E2BIG, "type1 mapping of %llu pages at IOVA %#llx needs a bitmap over type1's %llu-byte maximum (it never reports part of a mapping): map at most %llu pages per VFIO_IOMMU_MAP_DMA",
-				   (unsigned long long)pages_of(t, len), (unsigned long long)iova,
+				   (unsigned long long)(len >> t->shift), (unsigned long long)iova,
 				   (unsigned long long)t->caps.max_bitmap_bytes,
 				   (unsigned long long)t->caps.max_pages);
 	pthread_mutex_lock(&t->lock);
-	i = lower_bound(t, iova);
-	if (i < t->nmaps && t->maps[i].iova < iova + len) {
-		struct tmap o = t->maps[i];
-
-		pthread_mutex_unlock(&t->lock);
-		return __dirty_err(-EEXIST, "type1 mapping IOVA [%#llx, +%#llx) overlaps the registered [%#llx, +%#llx)",
-				   (unsigned long long)iova, (unsigned long long)len,
-				   (unsigned long long)o.iova, (unsigned long long)o.len);
-	}
-	if (t->nmaps == t->cmaps) {
-		size_t c = t->cmaps ? t->cmaps * 2 : 16;
-		struct tmap *n = realloc(t->maps, c * sizeof(*n));
-
-		if (!n) {
-			pthread_mutex_unlock(&t->lock);
-			return __dirty_err(-ENOMEM, "dirty_vfio_type1_add_mapping: out of memory");
-		}
-		t->maps = n;
-		t->cmaps = c;
-	}
-	memmove(&t->maps[i + 1], &t->maps[i], (t->nmaps - i) * sizeof(t->maps[0]));
-	t->maps[i] = (struct tmap){ .iova = iova, .gpa = gpa, .len = len };
-	t->nmaps++;
+	err = iova_map_add(&t->map, iova, gpa, len, 0);
 	/* Mapped mid-migration: never sent as DMA-able memory, its first round. */
-	if (t->tracking)
+	if (!err && t->tracking)
 		dirty_source_mark(t->src, gpa, len);
 	pthread_mutex_unlock(&t->lock);
-	return 0;
+	return err;
 }
 
 /* Plain VFIO_IOMMU_UNMAP_DMA of [iova, +len); *done gets the bytes unmapped. */
@@ -578,9 +412,8 @@ static int unmap_plain(struct dirty_vfio_type1 *t, uint64_t iova, uint64_t len,
 	return 0;
 }
 
-/* Unmap maps[i, j) (pages long) with their last bits, and mark them. */
-static int unmap_piece(struct dirty_vfio_type1 *t, size_t i, size_t j, uint64_t pages,
-		       uint64_t *done)
+/* Unmap the piece at regs[i] (pages long) with its last bits, and mark them. */
+static int unmap_piece(struct dirty_vfio_type1 *t, size_t i, uint64_t pages, uint64_t *done)
 {
 	union {
 		struct vfio_iommu_type1_dma_unmap u;
@@ -589,62 +422,51 @@ static int unmap_piece(struct dirty_vfio_type1 *t, size_t i, size_t j, uint64_t 
 	} arg;
 	struct vfio_bitmap bm;
 	size_t words = (size_t)((pages + 63) / 64);
-	int err = bitmap_for(t, words);
+	uint64_t *bits = iova_map_bitmap(&t->map, pages);
 
-	if (err)
-		return err;
+	if (!bits)
+		return -ENOMEM;
 	memset(&arg, 0, sizeof(arg));
 	arg.u.argsz = sizeof(arg.raw);
 	arg.u.flags = VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP;
-	arg.u.iova = t->maps[i].iova;
+	arg.u.iova = t->map.regs[i].iova;
 	arg.u.size = pages << t->shift;
 	bm.pgsize = t->caps.pgsize;
 	bm.size = words * sizeof(uint64_t);
-	bm.data = (__u64 *)t->bitmap;
+	bm.data = (__u64 *)bits;
 	memcpy(arg.raw + offsetof(struct vfio_iommu_type1_dma_unmap, data), &bm, sizeof(bm));
 	t->st.unmap_bitmap_calls++;
 	if (ioctl(t->fd, VFIO_IOMMU_UNMAP_DMA, &arg) < 0) {
 		int e = errno;
 
 		return __dirty_err(-e, "type1 unmap with dirty bitmap of IOVA [%#llx, +%#llx) failed: %s%s",
-				   (unsigned long long)t->maps[i].iova,
+				   (unsigned long long)arg.u.iova,
 				   (unsigned long long)(pages << t->shift), strerror(e), einval_hint(e));
 	}
 	*done = arg.u.size;
-	return translate(t, t->maps[i].iova, t->bitmap, words, i, j);
+	return translate(t, arg.u.iova, bits, pages);
 }
 
 DIRTY_API int dirty_vfio_type1_unmap(struct dirty_vfio_type1 *t, uint64_t iova,
 				     uint64_t len, uint64_t *unmapped)
 {
-	uint64_t end, pos, total = 0, done = 0;
+	const struct iova_reg *r;
+	uint64_t end = iova + len, pos, total = 0, done = 0;
 	size_t lo, hi;
-	int err = 0, late = 0;
+	int err, late = 0;
 
 	if (unmapped)
 		*unmapped = 0;
-	if (!len || (iova | len) & (t->caps.pgsize - 1) || len > UINT64_MAX - iova)
-		return __dirty_err(-EINVAL, "type1 unmap of IOVA [%#llx, +%#llx): must be non-empty, aligned to %#llx and not wrap",
-				   (unsigned long long)iova, (unsigned long long)len,
-				   (unsigned long long)t->caps.pgsize);
-	end = iova + len;
 	pthread_mutex_lock(&t->lock);
-	lo = lower_bound(t, iova);
-	for (hi = lo; hi < t->nmaps && t->maps[hi].iova < end; hi++)
-		;
-	if ((lo < hi && t->maps[lo].iova < iova) ||
-	    (lo < hi && t->maps[hi - 1].iova + t->maps[hi - 1].len > end)) {
-		struct tmap m = t->maps[lo].iova < iova ? t->maps[lo] : t->maps[hi - 1];
-
+	err = iova_map_range(&t->map, iova, len, &lo, &hi);
+	if (err) {
 		pthread_mutex_unlock(&t->lock);
-		return __dirty_err(-EINVAL, "type1 unmap of IOVA [%#llx, +%#llx) would split the registered mapping [%#llx, +%#llx); type1 unmaps whole mappings only",
-				   (unsigned long long)iova, (unsigned long long)len,
-				   (unsigned long long)m.iova, (unsigned long long)m.len);
+		return err;
 	}
 	if (!t->tracking) {
 		err = unmap_plain(t, iova, len, &total);
 		if (!err)
-			remove_maps(t, lo, hi - lo);
+			iova_map_remove(&t->map, lo, hi - lo);
 		pthread_mutex_unlock(&t->lock);
 		if (unmapped)
 			*unmapped = total;
@@ -652,8 +474,9 @@ DIRTY_API int dirty_vfio_type1_unmap(struct dirty_vfio_type1 *t, uint64_t iova,
 	}
 	/* In IOVA order: holes plainly, runs of registrations with their bits. */
 	for (pos = iova; pos < end && !err; ) {
-		if (lo == hi || t->maps[lo].iova > pos) {
-			uint64_t next = lo == hi ? end : t->maps[lo].iova;
+		r = t->map.regs;
+		if (lo == hi || r[lo].iova > pos) {
+			uint64_t next = lo == hi ? end : r[lo].iova;
 
 			err = unmap_plain(t, pos, next - pos, &done);
 			if (!err && done && !late) {
@@ -666,7 +489,7 @@ DIRTY_API int dirty_vfio_type1_unmap(struct dirty_vfio_type1 *t, uint64_t iova,
 			uint64_t pages;
 			size_t j = piece_end(t, lo, hi, &pages);
 
-			err = unmap_piece(t, lo, j, pages, &done);
+			err = unmap_piece(t, lo, pages, &done);
 			if (err == -EPROTO) {
 				late = late ? late : untranslatable(t, "unmap reported");
 				err = 0;
@@ -674,15 +497,15 @@ DIRTY_API int dirty_vfio_type1_unmap(struct dirty_vfio_type1 *t, uint64_t iova,
 			if (err)
 				break;
 			/* Gone from the kernel: their bits are in the view now. */
-			pos = t->maps[j - 1].iova + t->maps[j - 1].len;
-			remove_maps(t, lo, j - lo);
+			pos = r[j - 1].iova + r[j - 1].len;
+			iova_map_remove(&t->map, lo, j - lo);
 			hi -= j - lo;
 		}
 		total += err ? 0 : done;
 	}
 	err = err ? err : late;
 	if (err) {
-		mark_all(t);
+		iova_map_mark_all(&t->map, t->src);
 		t->st.errors++;
 	}
 	pthread_mutex_unlock(&t->lock);
@@ -694,40 +517,27 @@ DIRTY_API int dirty_vfio_type1_unmap(struct dirty_vfio_type1 *t, uint64_t iova,
 DIRTY_API int dirty_vfio_type1_remove_mapping(struct dirty_vfio_type1 *t, uint64_t iova,
 					      uint64_t len)
 {
-	size_t i;
+	struct iova_reg r;
+	int err;
 
 	pthread_mutex_lock(&t->lock);
-	i = lower_bound(t, iova);
-	if (i == t->nmaps || t->maps[i].iova != iova || t->maps[i].len != len) {
-		pthread_mutex_unlock(&t->lock);
-		return __dirty_err(-ENOENT, "no type1 mapping of IOVA [%#llx, +%#llx) is registered",
-				   (unsigned long long)iova, (unsigned long long)len);
-	}
+	err = iova_map_take(&t->map, iova, len, &r);
 	/* Whatever the device wrote since the last harvest is unknown now. */
-	if (t->tracking)
-		dirty_source_mark(t->src, t->maps[i].gpa, t->maps[i].len);
-	remove_maps(t, i, 1);
+	if (!err && t->tracking)
+		dirty_source_mark(t->src, r.gpa, r.len);
 	pthread_mutex_unlock(&t->lock);
-	return 0;
+	return err;
 }
 
 DIRTY_API int dirty_vfio_type1_translate(struct dirty_vfio_type1 *t, uint64_t iova,
 					 uint64_t *gpa)
 {
-	int err = -ENOENT;
-	size_t i;
+	int err;
 
 	pthread_mutex_lock(&t->lock);
-	i = lower_bound(t, iova);
-	if (i < t->nmaps && t->maps[i].iova <= iova) {
-		*gpa = t->maps[i].gpa + (iova - t->maps[i].iova);
-		err = 0;
-	}
+	err = iova_map_lookup(&t->map, iova, gpa);
 	pthread_mutex_unlock(&t->lock);
-	if (err)
-		return __dirty_err(err, "IOVA %#llx is in no registered type1 mapping",
-				   (unsigned long long)iova);
-	return 0;
+	return err;
 }
 
 DIRTY_API int dirty_vfio_type1_stats(struct dirty_vfio_type1 *t,
@@ -735,10 +545,8 @@ DIRTY_API int dirty_vfio_type1_stats(struct dirty_vfio_type1 *t,
 {
 	pthread_mutex_lock(&t->lock);
 	*st = t->st;
-	st->mappings = t->nmaps;
-	st->mapped_bytes = 0;
-	for (size_t i = 0; i < t->nmaps; i++)
-		st->mapped_bytes += t->maps[i].len;
+	st->mappings = t->map.n;
+	st->mapped_bytes = iova_map_bytes(&t->map);
 	pthread_mutex_unlock(&t->lock);
 	return 0;
 }

@@ -12,7 +12,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "libdirty.h"
+#include "libdirty/source.h"
+#include "libdirty/view.h"
 
 #define DIRTY_API __attribute__((visibility("default")))
 

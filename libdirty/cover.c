@@ -70,10 +70,10 @@ uint64_t __dirty_cover_mark(struct dirty_source *src, const struct region_table 
 	int n = uncovered(src, gpa, len, piece);
 
 	if (n < 0)
-		return __dirty_mark_locked(src->view, t, gpa, len);
+		return __dirty_mark_in(src->view, t, gpa, len);
 	for (int k = 0; k < n; k++) {
 		kept += piece[k].len;
-		marked += __dirty_mark_locked(src->view, t, piece[k].gpa, piece[k].len);
+		marked += __dirty_mark_in(src->view, t, piece[k].gpa, piece[k].len);
 	}
 	atomic_fetch_add_explicit(&src->covered_pages,
 				  (len - kept + DIRTY_MIN_PAGE_SIZE - 1) / DIRTY_MIN_PAGE_SIZE,
@@ -97,7 +97,7 @@ uint64_t __dirty_cover_merge(struct dirty_source *src, const struct region_table
 	int n = uncovered(src, gpa, nbits << shift, piece);
 
 	if (n == 1 && piece[0].gpa == gpa && piece[0].len == nbits << shift)
-		return __dirty_merge_locked(src->view, t, gpa, page_size, bitmap, nbits);
+		return __dirty_merge_in(src->view, t, gpa, page_size, bitmap, nbits);
 	/* Rare (a coarse range reaching past the cover): bit by bit. */
 	for (uint64_t i = 0; i < nbits; i++) {
 		uint64_t a = gpa + (i << shift);
@@ -108,7 +108,7 @@ uint64_t __dirty_cover_merge(struct dirty_source *src, const struct region_table
 		for (int k = 0; k < n && !keep; k++)
 			keep = a + page_size > piece[k].gpa && a < piece[k].gpa + piece[k].len;
 		if (keep)
-			marked += __dirty_mark_locked(src->view, t, a, page_size);
+			marked += __dirty_mark_in(src->view, t, a, page_size);
 		else
 			dropped += page_size / DIRTY_MIN_PAGE_SIZE;
 	}

@@ -19,6 +19,17 @@
  * it to the claimer that exchanges the bit: the level-0 (or full) word is
  * therefore always written with an RMW, never skipped after a load that
  * finds the bit set; only summary levels may skip that way.
+ *
+ * Which atomics, library-wide: memory the library allocates and only it
+ * touches (these bitmaps, the region table pointer, counters, the guest
+ * library's pin count words) is C11 _Atomic with the <stdatomic.h>
+ * operations. Memory laid out by someone else is plain integers reached
+ * with the __atomic builtins: the guest protocol region (proto.h is
+ * freestanding and a guest kernel or bare payload compiles it; the host
+ * also reads it), KVM's dirty ring entries (struct kvm_dirty_gfn), and
+ * the pin and dirty words the guest writes. Either way every shared
+ * access is an atomic operation, seq_cst unless it names a weaker order
+ * (and a weaker order carries a comment saying what it pairs with).
  */
 #ifndef LIBDIRTY_HBM_H
 #define LIBDIRTY_HBM_H

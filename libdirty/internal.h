@@ -133,14 +133,16 @@ struct region *__dirty_table_by_id(const struct region_table *t, uint64_t id);
 
 /* mark.c. Count bytes marked in no region, for the view's statistics. */
 void __dirty_count_outside(struct dirty_view *view, uint64_t bytes);
-/* Mark [gpa, gpa + len) in table t (inside a read section); returns pages marked. */
-uint64_t __dirty_mark_locked(struct dirty_view *view,
-			     const struct region_table *t, uint64_t gpa,
-			     uint64_t len);
-uint64_t __dirty_merge_locked(struct dirty_view *view,
-			      const struct region_table *t, uint64_t gpa,
-			      uint64_t page_size, const void *bitmap,
-			      uint64_t nbits);
+/*
+ * Mark [gpa, gpa + len), or merge a foreign bitmap, in table t: the caller
+ * is inside an RCU read section and read t there (no lock is involved).
+ * Returns pages marked.
+ */
+uint64_t __dirty_mark_in(struct dirty_view *view, const struct region_table *t,
+			 uint64_t gpa, uint64_t len);
+uint64_t __dirty_merge_in(struct dirty_view *view, const struct region_table *t,
+			  uint64_t gpa, uint64_t page_size, const void *bitmap,
+			  uint64_t nbits);
 
 /* 0, or -EINVAL with a message when a foreign bitmap's arguments are bad. */
 int __dirty_merge_check(uint64_t gpa, uint64_t page_size,

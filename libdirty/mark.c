@@ -22,9 +22,8 @@ void __dirty_count_outside(struct dirty_view *view, uint64_t bytes)
 					  memory_order_relaxed);
 }
 
-uint64_t __dirty_mark_locked(struct dirty_view *view,
-			     const struct region_table *t, uint64_t gpa,
-			     uint64_t len)
+uint64_t __dirty_mark_in(struct dirty_view *view, const struct region_table *t,
+			 uint64_t gpa, uint64_t len)
 {
 	uint64_t end = gpa + len, total = 0;
 	size_t i;
@@ -61,7 +60,7 @@ DIRTY_API int dirty_view_mark(struct dirty_view *view, uint64_t gpa,
 			      uint64_t len)
 {
 	__dirty_rcu_lock();
-	__dirty_mark_locked(view, table_get(view), gpa, len);
+	__dirty_mark_in(view, table_get(view), gpa, len);
 	__dirty_rcu_unlock();
 	return 0;
 }
@@ -76,7 +75,7 @@ DIRTY_API int dirty_view_mark_ranges(struct dirty_view *view,
 	__dirty_rcu_lock();
 	t = table_get(view);
 	for (size_t i = 0; i < n; i++)
-		__dirty_mark_locked(view, t, ranges[i].gpa, ranges[i].len);
+		__dirty_mark_in(view, t, ranges[i].gpa, ranges[i].len);
 	__dirty_rcu_unlock();
 	return 0;
 }

@@ -150,10 +150,9 @@ static uint64_t merge_runs(struct region *r, const uint8_t *bm, uint64_t nbits,
 	return total;
 }
 
-uint64_t __dirty_merge_locked(struct dirty_view *view,
-			      const struct region_table *t, uint64_t gpa,
-			      uint64_t page_size, const void *bitmap,
-			      uint64_t nbits)
+uint64_t __dirty_merge_in(struct dirty_view *view, const struct region_table *t,
+			  uint64_t gpa, uint64_t page_size, const void *bitmap,
+			  uint64_t nbits)
 {
 	unsigned int fshift = (unsigned int)__builtin_ctzll(page_size);
 	uint64_t end = gpa + (nbits << fshift), total = 0, covered = 0;
@@ -229,7 +228,7 @@ int __dirty_merge_checked(struct dirty_view *view, uint64_t gpa,
 	if (err)
 		return err;
 	__dirty_rcu_lock();
-	*marked = __dirty_merge_locked(view, atomic_load_explicit(&view->table, memory_order_acquire), gpa, page_size,
+	*marked = __dirty_merge_in(view, atomic_load_explicit(&view->table, memory_order_acquire), gpa, page_size,
 				       bitmap, nbits);
 	__dirty_rcu_unlock();
 	return 0;

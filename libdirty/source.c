@@ -143,7 +143,7 @@ DIRTY_API int dirty_source_mark(struct dirty_source *src, uint64_t gpa,
 	t = atomic_load_explicit(&view->table, memory_order_acquire);
 	n = atomic_load_explicit(&src->covered, memory_order_relaxed) ?
 		__dirty_cover_mark(src, t, gpa, len) :
-		__dirty_mark_locked(view, t, gpa, len);
+		__dirty_mark_in(view, t, gpa, len);
 	__dirty_rcu_unlock();
 	atomic_fetch_add_explicit(&src->marked, n, memory_order_relaxed);
 	return 0;
@@ -165,7 +165,7 @@ DIRTY_API int dirty_source_mark_ranges(struct dirty_source *src,
 			total += __dirty_cover_mark(src, t, ranges[i].gpa, ranges[i].len);
 	else
 		for (size_t i = 0; i < n; i++)
-			total += __dirty_mark_locked(view, t, ranges[i].gpa, ranges[i].len);
+			total += __dirty_mark_in(view, t, ranges[i].gpa, ranges[i].len);
 	__dirty_rcu_unlock();
 	atomic_fetch_add_explicit(&src->marked, total, memory_order_relaxed);
 	return 0;
@@ -371,7 +371,7 @@ int __dirty_prepare_read(struct dirty_view *view, struct dirty_run *runs,
 			/* The error rule, and the batch back: nothing is lost. */
 			mark_source_all(s);
 			for (size_t j = 0; j < *n; j++)
-				__dirty_mark_locked(view, atomic_load_explicit(&view->table,
+				__dirty_mark_in(view, atomic_load_explicit(&view->table,
 						    memory_order_acquire), runs[j].gpa, runs[j].len);
 			*n = 0;
 			return __dirty_err(err, "source '%s' could not prepare claimed pages for reading (%s); they and all its pages were marked dirty",

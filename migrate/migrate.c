@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "core.h"
+#include "libdirty/migrate.h"
 
 /* Runs sent since the destination's last acknowledgement. */
 struct unacked {

@@ -4,7 +4,7 @@
 # space (0 errors, no truncation), and every deliberately broken variant
 # must be rejected (an assertion violation). See the header of the model.
 #   MODEL_DEFS  extra spin -D flags for every variant (before the variant's
-#               own), e.g. -DPIN_GET=PIN_LINK_FIRST
+#               own), e.g. -DPIN_GET=PIN_BUSY_FIRST
 #   MODEL_DEEP  1: also check the correct model with three guest threads
 #               (about 25M states, 50 s, 1.6 GB)
 set -euo pipefail

@@ -20,8 +20,11 @@
  *
  * Ordering rules (DESIGN section 3), as the helpers below implement them:
  *  - dirty: set the dirty bit, then the summary bit, so a host that
- *    exchanges the summary word and then the dirty word finds the bit
- *    (all four seq_cst; see dirty_proto_set_dirty());
+ *    exchanges the summary word and then the dirty word finds the bit.
+ *    The dirty OR, the guest's look at the summary word and the host's
+ *    two exchanges are seq_cst (the look may skip the summary OR, see
+ *    dirty_proto_set_dirty()); the summary OR itself is a release, which
+ *    a host exchange that reads it acquires;
  *  - unmap: dirty and summary first, then clear the pin bit (release): a
  *    host that sees the pin clear (acquire) sees the dirty bit;
  *  - TO_DEVICE never dirties.
@@ -41,7 +44,7 @@
 
 #define DIRTY_PROTO_MAGIC 0x595452494442494cull	/* "LIBDIRTY" in memory */
 #define DIRTY_PROTO_MAJOR 1
-#define DIRTY_PROTO_MINOR 0
+#define DIRTY_PROTO_MINOR 1
 #define DIRTY_PROTO_HEADER_SIZE 4096u
 #define DIRTY_PROTO_ALIGN 4096u
 
@@ -69,7 +72,15 @@ struct dirty_proto_guest {
 	uint64_t pin_conflicts;	/* pin already set by another client */
 	uint64_t pin_leaks;	/* pins left set because another client set them */
 	uint64_t bad_ranges;	/* operations on pages outside the region */
-	uint64_t reserved[10];
+	/*
+	 * v1.1 (read only when guest.minor >= 1): the guest agent daemon's
+	 * view of its clients. waiting_pid: a client that has not passed its
+	 * grace period for track_gen in time, so ack_gen is held back (0:
+	 * none); clients: how many are connected.
+	 */
+	uint64_t waiting_pid;
+	uint64_t clients;
+	uint64_t reserved[8];
 };
 
 struct dirty_proto_header {
@@ -105,6 +116,7 @@ DIRTY_PROTO_SA(__builtin_offsetof(struct dirty_proto_header, host) == 128, "host
 DIRTY_PROTO_SA(__builtin_offsetof(struct dirty_proto_header, guest) == 256, "guest block at 256");
 DIRTY_PROTO_SA(__builtin_offsetof(struct dirty_proto_guest, heartbeat) == 8, "heartbeat at guest+8");
 DIRTY_PROTO_SA(__builtin_offsetof(struct dirty_proto_guest, pin_conflicts) == 24, "conflicts at guest+24");
+DIRTY_PROTO_SA(__builtin_offsetof(struct dirty_proto_guest, waiting_pid) == 48, "waiting_pid at guest+48");
 DIRTY_PROTO_SA(sizeof(struct dirty_proto_header) == 384, "header struct is 384 bytes");
 
 /*
@@ -145,7 +157,7 @@ static inline int dirty_proto_layout(uint64_t npages,
 
 /* ---- guest-side bit operations ------------------------------------------ */
 
-/* Mark page p dirty: dirty bit, then its summary bit (release). */
+/* Mark page p dirty: dirty bit (seq_cst), then its summary bit (release). */
 static inline void dirty_proto_set_dirty(uint64_t *dirty, uint64_t *summary,
 					 uint64_t p)
 {

@@ -123,7 +123,7 @@ static int range_pages(const struct region *r, const volatile struct payload_ran
 	return PAYLOAD_OK;
 }
 
-static int tracking(const struct region *r)
+static int tracking_on(const struct region *r)
 {
 	/* Acquire: pairs with the host publishing the flag before the generation. */
 	return (__atomic_load_n(&r->h->host.flags, __ATOMIC_ACQUIRE) & DIRTY_PROTO_HOST_TRACKING) != 0;
@@ -153,7 +153,7 @@ static int proto_ranges(volatile struct payload_cmd *c, const struct region *r)
 			return err;
 	}
 	dirty = c->cmd != PAYLOAD_CMD_PROTO_MAP && (dir & PAYLOAD_DIR_FROM_DEVICE) &&
-		tracking(r);
+		tracking_on(r);
 	for (i = 0; i < n; i++) {
 		range_pages(r, &list[i], &first, &np);
 		pages += np;

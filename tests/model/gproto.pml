@@ -16,8 +16,8 @@
  *       unmap; direction TO_DEVICE or FROM_DEVICE, chosen per mapping), or
  *       a FROM_DEVICE sync/unmap of the neighbouring page in P's dirty word
  *       (see "One observed page"). Both threads map P: that is where the
- *       pin reference count, the wait on a dying node and the owned flag
- *       race.
+ *       pin reference count, the wait on a BUSY count word and the owned
+ *       flag race.
  *   device  writes P any number of times while the device owns a thread's
  *       FROM_DEVICE buffer of P (map returned, and the driver has not yet
  *       started sync_for_cpu or unmap), until device stop. DMA writes are
@@ -97,13 +97,12 @@
  *    in any memory model, so at final what matters is each thread's program
  *    order (dirty before unpin; pin before the buffer goes to the device),
  *    which the model keeps.
- *  - Pin table. guest.c keeps one atomic count word per page: count,
- *    OWNED and BUSY. The model's present/cnt/owned is that word: "present
- *    with cnt 0" is BUSY (a 0->1 transition after the claim of the word,
- *    or a 1->0 one before the unpin is published), which every other map
- *    or unmap waits on, a blocked guard that adds nothing to a safety
- *    check. (The model was first written for a hash table of nodes, where
- *    the same states are "linked with count 0" and "dying".)
+ *  - Pin table. guest.c keeps one atomic count word per page (pincnt):
+ *    a count, OWNED and BUSY. The model's held/cnt/owned is that word:
+ *    held with cnt 0 is BUSY (a 0->1 transition after the word was
+ *    claimed, or a 1->0 one before 0 is published), which every other
+ *    map or unmap waits on (wait_not_busy): a blocked guard, which adds
+ *    nothing to a safety check.
  *  - Out of scope: the tracking handshake (on and acknowledged before the
  *    first pass: dirty_view_start waits for it; a late first one is an
  *    outage that ends), header corruption (fatal until the host rewrites
@@ -111,11 +110,11 @@
  *    hurts itself).
  *
  * Variants: spin -D<NAME>[=<value>] -a tests/model/gproto.pml
- *   PIN_GET=PIN_LINK_FIRST  (default) pin_get as guest.c does it: link the
- *                       node with count 0, then set the bit, then publish
- *                       count 1
- *   PIN_GET=PIN_BIT_FIRST   the earlier pin_get: set the pin bit, then link
- *                       the node (broken, see below)
+ *   PIN_GET=PIN_BUSY_FIRST  (default) pin_get as guest.c does it: claim
+ *                       the count word (0 -> BUSY), then set the bit, then
+ *                       publish count 1
+ *   PIN_GET=PIN_BIT_FIRST   the earlier pin_get: set the pin bit, then
+ *                       claim the word (broken, see below)
  *   BROKEN_UNPIN_FIRST  unmap clears the pin before setting the dirty bit
  *   BROKEN_NO_CARRY     DEFER drops a claimed pinned page instead of
  *                       carrying it (a TO_DEVICE unmap never dirties, so a
@@ -135,14 +134,14 @@
  *
  * What the model found
  *  - PIN_BIT_FIRST (guest.c before this model) loses a DMA write. Thread
- *    B's lookup misses; thread A sets the bit (owned), links its node,
+ *    B finds the word 0; thread A sets the bit (owned), claims the word,
  *    maps and unmaps; B's fetch_or falls between A's and A's unpin, so B
- *    finds the bit set (owned = false); A clears the bit and unlinks; B's
- *    add_unique now succeeds and B's map returns with the page unpinned.
- *    A VM stop before B's unmap loses B's DMA. Fixed in guest.c.
- *  - PIN_LINK_FIRST verifies: the page's previous node is unlinked before
- *    ours is linked, and its remover cleared the bit before unlinking, so
- *    our fetch_or is the last write to the bit.
+ *    finds the bit set (owned = false); A clears the bit and publishes 0;
+ *    B's claim now succeeds and B's map returns with the page unpinned.
+ *    A VM stop before B's unmap loses B's DMA. Fixed in pin_get.
+ *  - PIN_BUSY_FIRST verifies: the page's previous holder published 0
+ *    before our claim, and cleared the bit before publishing 0, so our
+ *    fetch_or is the last write to the bit.
  *  - MULTI_CLIENT is rejected: the client that set a bit clears it on its
  *    own last unmap while another client still maps the page, which
  *    DESIGN section 3 forbids. One bit per page cannot carry two clients'
@@ -154,10 +153,10 @@
 #define NG 2		/* guest driver threads */
 #endif
 
-#define PIN_BIT_FIRST  1	/* pin_get sets the bit, then links its node */
-#define PIN_LINK_FIRST 2	/* pin_get links its node, then sets the bit */
+#define PIN_BIT_FIRST  1	/* pin_get sets the bit, then claims the count word */
+#define PIN_BUSY_FIRST 2	/* pin_get claims the word (BUSY), then sets the bit */
 #ifndef PIN_GET
-#define PIN_GET PIN_LINK_FIRST	/* what guest.c does */
+#define PIN_GET PIN_BUSY_FIRST	/* what guest.c does */
 #endif
 
 #define TO_DEV   1	/* enum dirty_dma_dir; FROM_DEV also stands for BIDIR */
@@ -186,11 +185,11 @@ bool dirty;		/* in dirty word w */
 bool summ;		/* summary bit of w, shared with the neighbour */
 bool pin;		/* in pin word w */
 
-/* ---- each client's pin table: P's node ---------------------------------- */
-bool present[NC];	/* a node is linked */
-byte cnt[NC];		/* node->count; 0 while linked: dying (or, with
-			   PIN_LINK_FIRST, not yet pinned) */
-bool owned[NC];		/* node->owned */
+/* ---- each client's pin table: P's count word ----------------------------- */
+bool held[NC];		/* the word is not 0: BUSY, or a count */
+byte cnt[NC];		/* its count; 0 while held: BUSY (claimed and not yet
+			   counted, or the last reference going) */
+bool owned[NC];		/* its OWNED flag: this client set the pin bit */
 
 /* ---- thread g's mapping of P -------------------------------------------- */
 byte gdir[NG];		/* 0 while g has no mapping */
@@ -236,14 +235,13 @@ inline dirty_if(g)
 
 #if PIN_GET == PIN_BIT_FIRST
 /*
- * pin_get as first written (with a hash table of nodes; the count word
- * has the same states): set the bit, then link the node. Broken; kept as
- * the variant the model must reject.
+ * pin_get as first written: set the bit, then claim the word. Broken;
+ * kept as the variant the model must reject.
  */
 inline pin_get(g)
 {
 	do
-	:: atomic { present[C(g)] && cnt[C(g)] > 0 -> cnt[C(g)]++ } ->	/* a reference */
+	:: atomic { held[C(g)] && cnt[C(g)] > 0 -> cnt[C(g)]++ } ->	/* a reference */
 		atomic {
 			if
 			:: myowned -> owned[C(g)] = 1
@@ -252,48 +250,48 @@ inline pin_get(g)
 			map_returns(g)
 		}
 		break
-	:: !present[C(g)] ->					/* the lookup missed */
+	:: !held[C(g)] ->					/* the word is 0 */
 		atomic { myowned = myowned || !pin; pin = 1 }	/* dirty_proto_pin */
-		if						/* add_unique */
-		:: atomic { !present[C(g)] ->
-			present[C(g)] = 1; cnt[C(g)] = 1; owned[C(g)] = myowned;
+		if						/* claim 0 -> count 1 */
+		:: atomic { !held[C(g)] ->
+			held[C(g)] = 1; cnt[C(g)] = 1; owned[C(g)] = myowned;
 			map_returns(g) }
 			break
-		:: present[C(g)]				/* lost the race: retry */
+		:: held[C(g)]					/* lost the race: retry */
 		fi
-	/* present && cnt == 0, dying: blocked until unlinked */
+	/* held && cnt == 0, BUSY: blocked until it changes */
 	od
 }
-#elif PIN_GET == PIN_LINK_FIRST
+#elif PIN_GET == PIN_BUSY_FIRST
 /*
- * The fix: link the node with count 0 first (lookups wait on it as on a
- * dying node), then set the bit, then publish count 1. The page's previous
- * node was unlinked before ours was linked, and its remover cleared the bit
- * before unlinking it, so the last write to the bit is our set.
+ * The fix (guest.c pin_get): claim the word (0 -> BUSY; others wait on
+ * it), then set the bit, then publish count 1. The page's previous holder
+ * cleared the bit before it published 0, and 0 came before our claim, so
+ * the last write to the bit is our set.
  */
 inline pin_get(g)
 {
 	do
-	:: atomic { present[C(g)] && cnt[C(g)] > 0 -> cnt[C(g)]++; map_returns(g) }
+	:: atomic { held[C(g)] && cnt[C(g)] > 0 -> cnt[C(g)]++; map_returns(g) }
 		break
-	:: !present[C(g)] ->
+	:: !held[C(g)] ->
 		if
-		:: atomic { !present[C(g)] -> present[C(g)] = 1 } ->	/* add_unique */
+		:: atomic { !held[C(g)] -> held[C(g)] = 1 } ->	/* CAS 0 -> BUSY */
 			atomic { myowned = !pin; pin = 1 }		/* dirty_proto_pin */
 			atomic { owned[C(g)] = myowned; cnt[C(g)] = 1;	/* publish */
 				map_returns(g) }
 			break
-		:: present[C(g)]
+		:: held[C(g)]
 		fi
 	od
 }
 #else
-#error "PIN_GET must be PIN_BIT_FIRST or PIN_LINK_FIRST"
+#error "PIN_GET must be PIN_BIT_FIRST or PIN_BUSY_FIRST"
 #endif
 
 /*
- * pin_put (guest.c): the last reference clears the bit if this client
- * set it, then unlinks. Its first step can be unmap's first (TO_DEVICE, or
+ * pin_put (guest.c): the last reference (count 1 -> BUSY) clears the bit
+ * if this client set it, then publishes 0. Its first step can be unmap's first (TO_DEVICE, or
  * BROKEN_UNPIN_FIRST), so it ends the device's window too.
  */
 inline pin_put(g)
@@ -307,7 +305,7 @@ inline pin_put(g)
 			:: else					/* another client's pin: left set */
 			fi
 		}
-		d_step { present[C(g)] = 0; owned[C(g)] = 0; gdir[g] = 0; myowned = 0 }	/* publish 0 */
+		d_step { held[C(g)] = 0; owned[C(g)] = 0; gdir[g] = 0; myowned = 0 }	/* publish 0 */
 	fi
 }
 

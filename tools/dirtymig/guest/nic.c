@@ -144,7 +144,7 @@ static void *device_main(void *arg)
 	struct pacer pc;
 
 	pacer_init(&pc, n->cfg.pkt_rate);
-	while (!atomic_load_explicit(&n->dev_stop, memory_order_relaxed)) {
+	while (!worker_stopping(&n->dev)) {
 		uint64_t due = pacer_tick(&pc);
 
 		for (uint64_t k = 0; k < due; k++) {
@@ -175,24 +175,12 @@ static void *device_main(void *arg)
 
 int nic_start_device(struct nic *n)
 {
-	int err;
-
-	if (n->dev_running || !n->g)
-		return 0;
-	atomic_store(&n->dev_stop, false);
-	if ((err = -pthread_create(&n->dev_thread, NULL, device_main, n)))
-		return err;
-	n->dev_running = true;
-	return 0;
+	return n->g ? worker_start(&n->dev, device_main, n) : 0;
 }
 
 void nic_stop_device(struct nic *n)
 {
-	if (!n->dev_running)
-		return;
-	atomic_store(&n->dev_stop, true);
-	pthread_join(n->dev_thread, NULL);
-	n->dev_running = false;
+	worker_stop(&n->dev);
 }
 
 /* ---- the guest driver -------------------------------------------------- */
@@ -231,7 +219,7 @@ static void *driver_main(void *arg)
 	struct nic *n = arg;
 	struct timespec idle = { 0, 200000 };	/* interrupt moderation: 200 us */
 
-	while (!atomic_load_explicit(&n->drv_stop, memory_order_relaxed)) {
+	while (!worker_stopping(&n->drv)) {
 		unsigned int took = 0;
 
 		while (took < n->cfg.ring) {
@@ -257,22 +245,10 @@ static void *driver_main(void *arg)
 
 int nic_start_driver(struct nic *n)
 {
-	int err;
-
-	if (n->drv_running || !n->g)
-		return 0;
-	atomic_store(&n->drv_stop, false);
-	if ((err = -pthread_create(&n->drv_thread, NULL, driver_main, n)))
-		return err;
-	n->drv_running = true;
-	return 0;
+	return n->g ? worker_start(&n->drv, driver_main, n) : 0;
 }
 
 void nic_stop_driver(struct nic *n)
 {
-	if (!n->drv_running)
-		return;
-	atomic_store(&n->drv_stop, true);
-	pthread_join(n->drv_thread, NULL);
-	n->drv_running = false;
+	worker_stop(&n->drv);
 }

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "libdirty/guest.h"
+#include "worker.h"
 
 #define NIC_PAGE 4096ull
 
@@ -61,9 +62,7 @@ struct nic {
 	unsigned int drv_next;
 	uint64_t pool_next;
 	uint8_t *pool_mapped;	/* NIC_SYNC: pool pages mapped so far */
-	pthread_t dev_thread, drv_thread;
-	_Atomic bool dev_stop, drv_stop;
-	bool dev_running, drv_running;
+	struct worker dev, drv;	/* the device's thread, the driver's */
 	_Atomic uint64_t packets;	/* DMA-written by the device */
 	_Atomic uint64_t drops;		/* arrived with no buffer posted */
 	_Atomic uint64_t completed;	/* taken by the driver */

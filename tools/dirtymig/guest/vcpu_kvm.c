@@ -24,6 +24,7 @@
 #include "rng.h"
 #include "vcpu_kvm.h"
 #include "vmm.h"
+#include "worker.h"
 
 #define LIST_SLOT 1u
 #define LIST_BYTES (64u << 10)
@@ -41,9 +42,7 @@ struct vkvm {
 	enum dirty_kvm_mode mode;
 	uint32_t ring_bytes;
 	struct dirty_kvm *dk;	/* while tracking */
-	pthread_t thread;
-	bool running;
-	_Atomic bool stop;
+	struct worker runner;	/* the thread running the vCPU */
 	uint64_t seed, stamp;
 	_Atomic uint64_t writes;
 	_Atomic uint64_t errors;
@@ -261,7 +260,7 @@ static void *kvm_vcpu_main(void *arg)
 	uint64_t owed = 0;
 
 	pacer_init(&pc, k->cfg.rate);
-	while (!atomic_load_explicit(&k->stop, memory_order_relaxed)) {
+	while (!worker_stopping(&k->runner)) {
 		struct payload_cmd c = { .cmd = PAYLOAD_CMD_WRITE_PAGES, .list_gpa = k->list_gpa,
 					 .words = WORDS };
 		uint32_t n;
@@ -290,24 +289,13 @@ static void *kvm_vcpu_main(void *arg)
 
 int vkvm_start(struct vkvm *k)
 {
-	int e;
-
-	if (k->running)
-		return 0;
-	atomic_store(&k->stop, false);
-	if ((e = pthread_create(&k->thread, NULL, kvm_vcpu_main, k)))
-		return -e;
-	k->running = true;
-	return 0;
+	return worker_start(&k->runner, kvm_vcpu_main, k);
 }
 
 void vkvm_stop(struct vkvm *k)
 {
-	if (!k || !k->running)
-		return;
-	atomic_store(&k->stop, true);
-	pthread_join(k->thread, NULL);
-	k->running = false;
+	if (k)
+		worker_stop(&k->runner);
 }
 
 uint64_t vkvm_writes(const struct vkvm *k)

@@ -36,7 +36,7 @@ static void *vthread_main(void *arg)
 	struct pacer pc;
 
 	pacer_init(&pc, c->rate);
-	while (!atomic_load_explicit(&v->set->stop, memory_order_relaxed)) {
+	while (!worker_stopping(&v->w)) {
 		uint64_t due = pacer_tick(&pc);
 
 		for (uint64_t i = 0; i < due; i++) {
@@ -55,27 +55,20 @@ static void *vthread_main(void *arg)
 
 int vthreads_start(struct vthreads *s)
 {
-	atomic_store(&s->stop, false);
 	for (unsigned int i = 0; i < s->cfg.count; i++) {
-		struct vthread *v = &s->t[i];
-		int err;
+		int err = worker_start(&s->t[i].w, vthread_main, &s->t[i]);
 
-		if (v->running)
-			continue;
-		if ((err = pthread_create(&v->thread, NULL, vthread_main, v)))
-			return -err;
-		v->running = true;
+		if (err)
+			return err;
 	}
 	return 0;
 }
 
 void vthreads_stop(struct vthreads *s)
 {
-	atomic_store(&s->stop, true);
-	for (unsigned int i = 0; i < s->cfg.count; i++) {
-		if (!s->t[i].running)
-			continue;
-		pthread_join(s->t[i].thread, NULL);
-		s->t[i].running = false;
-	}
+	/* All asked first, so the threads wind down together. */
+	for (unsigned int i = 0; i < s->cfg.count; i++)
+		atomic_store_explicit(&s->t[i].w.stop, true, memory_order_relaxed);
+	for (unsigned int i = 0; i < s->cfg.count; i++)
+		worker_stop(&s->t[i].w);
 }

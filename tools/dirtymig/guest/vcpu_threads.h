@@ -8,10 +8,10 @@
 #ifndef DIRTYMIG_VCPU_THREADS_H
 #define DIRTYMIG_VCPU_THREADS_H
 
-#include <pthread.h>
 #include <stdatomic.h>
-#include <stdbool.h>
 #include <stdint.h>
+
+#include "worker.h"
 
 #define VTHREADS_MAX 64
 
@@ -29,14 +29,12 @@ struct vthread {
 	struct vthreads *set;
 	unsigned int id;
 	uint64_t seed, stamp;
-	pthread_t thread;
-	bool running;
+	struct worker w;
 };
 
 struct vthreads {
 	struct vthreads_config cfg;
 	struct vthread t[VTHREADS_MAX];
-	_Atomic bool stop;
 	_Atomic uint64_t writes;	/* pages written, all threads */
 };
 

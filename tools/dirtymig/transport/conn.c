@@ -81,12 +81,16 @@ static void tune(int fd)
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-int dm_listen(const char *addr, int *out, char *bound, size_t boundlen, char *err, size_t errlen)
+/*
+ * A socket for the first address of addr that works: bound and listening
+ * (passive) or connected. Returns the fd, or -errno with err set.
+ */
+static int open_first(const char *addr, bool passive, char *err, size_t errlen)
 {
 	struct addrinfo *res, *ai;
 	int fd = -1, e = 0, one = 1;
 
-	if ((e = resolve(addr, true, &res, err, errlen)))
+	if ((e = resolve(addr, passive, &res, err, errlen)))
 		return e;
 	for (ai = res; ai; ai = ai->ai_next) {
 		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
@@ -94,18 +98,28 @@ int dm_listen(const char *addr, int *out, char *bound, size_t boundlen, char *er
 			e = -errno;
 			continue;
 		}
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		if (!bind(fd, ai->ai_addr, ai->ai_addrlen) && !listen(fd, 8))
+		if (passive)
+			setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (passive ? !bind(fd, ai->ai_addr, ai->ai_addrlen) && !listen(fd, 8) :
+			      !connect(fd, ai->ai_addr, ai->ai_addrlen))
 			break;
 		e = -errno;
 		close(fd);
 		fd = -1;
 	}
 	freeaddrinfo(res);
-	if (fd < 0) {
-		snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(-e));
-		return e ? e : -EADDRNOTAVAIL;
-	}
+	if (fd >= 0)
+		return fd;
+	snprintf(err, errlen, "cannot %s %s: %s", passive ? "listen on" : "connect to", addr, strerror(-e));
+	return e ? e : passive ? -EADDRNOTAVAIL : -EHOSTUNREACH;
+}
+
+int dm_listen(const char *addr, int *out, char *bound, size_t boundlen, char *err, size_t errlen)
+{
+	int fd = open_first(addr, true, err, errlen);
+
+	if (fd < 0)
+		return fd;
 	if (bound) {
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof(ss);
@@ -147,28 +161,10 @@ int dm_accept(int lfd, int *out)
 
 int dm_connect(const char *addr, int *out, char *err, size_t errlen)
 {
-	struct addrinfo *res, *ai;
-	int fd = -1, e = 0;
+	int fd = open_first(addr, false, err, errlen);
 
-	if ((e = resolve(addr, false, &res, err, errlen)))
-		return e;
-	for (ai = res; ai; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-		if (fd < 0) {
-			e = -errno;
-			continue;
-		}
-		if (!connect(fd, ai->ai_addr, ai->ai_addrlen))
-			break;
-		e = -errno;
-		close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(res);
-	if (fd < 0) {
-		snprintf(err, errlen, "cannot connect to %s: %s", addr, strerror(-e));
-		return e ? e : -EHOSTUNREACH;
-	}
+	if (fd < 0)
+		return fd;
 	tune(fd);
 	*out = fd;
 	return 0;

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * gproto_priv.h - the host side of the guest bitmap protocol, shared by its
+ * gproto_state.h - the host side of the guest bitmap protocol, shared by its
  * three files: gproto.c (the region, its configuration, the source's
  * ops), gproto_harvest.c (dirty bits, pins and carried pages into the
  * view) and gproto_trust.c (tracking generations and whether the guest is
@@ -18,6 +18,7 @@
 #include <stdatomic.h>
 
 #include "core.h"
+#include "libdirty/gproto.h"
 #include "hbm.h"
 #include "libdirty/proto.h"
 
@@ -52,6 +53,7 @@ struct dirty_gp {
 	pthread_mutex_t lock;
 	enum dirty_gp_state state;
 	char reason[160];
+	char waiting[64];	/* waiting_on()'s words */
 	uint64_t gen;		/* the host's tracking generation */
 	bool tracking;
 	double track_time;	/* tracking last turned on */
