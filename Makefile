@@ -3,6 +3,8 @@
 #   make            library (shared + static), tools, tests, benchmarks
 #   make check      every test suite through tests/run-tests.sh
 #   make asan|tsan  the same suites under AddressSanitizer+UBSan / ThreadSanitizer
+#   make tsan-long  the concurrency suites under TSAN, longer and repeated
+#   make soak       randomized migrations for SOAK_MINUTES (default 30)
 #   make demo       the main job on an embedded default
 #   make install    honours DESTDIR, PREFIX, LIBDIR, INCLUDEDIR
 #   make deps       installs missing Debian packages (as root) or says how
@@ -30,6 +32,11 @@ SAN    ?=
 DEPS_PKGS := liburcu-dev liburing-dev libpci-dev check pkg-config python3 spin clang libclang-rt-dev gnuplot-nox iproute2 \
 	qemu-system-x86 xz-utils zstd
 
+# FAULT=1: the fault-injection sites of libdirty/fault.h (tests only; never
+# in a default or installed build).
+FAULT ?=
+FAULT_FLAGS := $(if $(FAULT),-DDIRTY_FAULT_INJECTION)
+
 ifeq ($(SAN),asan)
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 else ifeq ($(SAN),tsan)
@@ -40,7 +47,7 @@ endif
 
 # -MMD -MP: every object and binary tracks the headers it includes.
 BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
-	-Wstrict-prototypes -Wmissing-prototypes -Iinclude -Ilibdirty -MMD -MP $(SAN_FLAGS)
+	-Wstrict-prototypes -Wmissing-prototypes -Iinclude -Ilibdirty -MMD -MP $(SAN_FLAGS) $(FAULT_FLAGS)
 LIB_CFLAGS  := $(BASE_CFLAGS) -fPIC -fvisibility=hidden
 
 # Recursive on purpose: pkg-config runs only after `deps` installed it.
@@ -52,7 +59,7 @@ LIB_LIBS   = $(URCU_LIBS) -pthread
 LIB_SRCS := $(wildcard libdirty/*.c) $(wildcard hv-adapters/*.c) $(wildcard migrate/*.c)
 LIB_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS))
 # The guest library, apart: nothing of the host library in it.
-GUEST_SRCS := $(wildcard guest-agent/guest*.c)
+GUEST_SRCS := $(wildcard guest-agent/guest*.c) guest-agent/agent_wire.c
 GUEST_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(GUEST_SRCS))
 
 SONAME   := libdirty.so.$(VERSION_MAJOR)
@@ -75,7 +82,7 @@ BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bin/%,$(BENCH_SRCS))
 # are used by the rules below.
 include support/support.mk
 
-.PHONY: all lib tests bench tools check asan tsan demo install uninstall deps clean
+.PHONY: all lib tests bench tools check asan tsan tsan-long soak demo install uninstall deps clean
 
 all: lib tests bench tools
 
@@ -156,6 +163,25 @@ asan:
 tsan:
 	$(MAKE) BUILD=build/tsan SAN=tsan check
 
+# Randomized back-to-back migrations (tests/soak/soak.py): SOAK_MINUTES
+# (default 30), SOAK_SEED (default: from the clock, printed) to replay.
+SOAK_MINUTES ?= 30
+soak: tools
+	BUILD=$(BUILD) SOAK_MINUTES=$(SOAK_MINUTES) python3 tests/soak/soak.py --json $(BUILD)/soak.json
+
+# The concurrency suites under ThreadSanitizer at TSAN_SCALE times their
+# normal work (make tsan runs them at 0.2), TSAN_ROUNDS times over.
+TSAN_SCALE ?= 3
+TSAN_ROUNDS ?= 3
+TSAN_LONG := test_view_stress test_gproto_mp test_gproto_order test_hbm test_migrate test_kvm_dirty
+tsan-long:
+	$(MAKE) BUILD=build/tsan SAN=tsan tests
+	@for i in $$(seq $(TSAN_ROUNDS)); do \
+	  echo "tsan-long: round $$i of $(TSAN_ROUNDS), scale $(TSAN_SCALE)"; \
+	  BUILD=build/tsan SAN=tsan DIRTY_TEST_SCALE=$(TSAN_SCALE) tests/run-tests.sh \
+	    $(addprefix build/tsan/tests/,$(TSAN_LONG)) || exit 1; \
+	done
+
 # The main job: migrate a guest with a simulated pass-through NIC three ways
 # (libdirty, CPU log only, everything mapped dirty) and compare downtime.
 demo: all
@@ -175,14 +201,14 @@ endef
 INSTALLED_LIBS := libdirty.so.$(VERSION) $(SONAME) libdirty.so libdirty.a \
 	libdirty-guest.so.$(VERSION) $(GUEST_SONAME) libdirty-guest.so libdirty-guest.a
 
-install: lib
+install: lib install-agent
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/libdirty $(DESTDIR)$(PKGCONFIGDIR)
 	$(call install_lib,$(SOLIB),$(SONAME),$(ARLIB),libdirty/libdirty.pc.in)
 	$(call install_lib,$(GUEST_SOLIB),$(GUEST_SONAME),$(GUEST_ARLIB),guest-agent/libdirty-guest.pc.in)
 	install -m 0644 include/libdirty.h $(DESTDIR)$(INCLUDEDIR)/
 	install -m 0644 include/libdirty/*.h $(DESTDIR)$(INCLUDEDIR)/libdirty/
 
-uninstall:
+uninstall: uninstall-agent
 	rm -f $(addprefix $(DESTDIR)$(LIBDIR)/,$(INSTALLED_LIBS)) \
 	      $(DESTDIR)$(PKGCONFIGDIR)/libdirty.pc $(DESTDIR)$(PKGCONFIGDIR)/libdirty-guest.pc \
 	      $(DESTDIR)$(INCLUDEDIR)/libdirty.h \
@@ -199,6 +225,7 @@ clean:
 include tests/fuzz/fuzz.mk
 include tests/kvm/kvm.mk
 include tools/dirtymig/dirtymig.mk
+include guest-agent/daemon/daemon.mk
 include tests/vm/vm.mk
 
 # Header dependencies that -MMD wrote last time (none on a first build).

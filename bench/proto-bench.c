@@ -3,7 +3,9 @@
  * proto-bench.c - the guest bitmap protocol's costs in one run: a guest's
  * mark per page against a bare atomic OR and against the "dummy write"
  * into the page itself, the full library unmap and map + unmap path, and
- * the host's harvest and drain at 0.1 / 1 / 10 % dirty.
+ * the host's harvest and drain at 0.1 / 1 / 10 % dirty; and map + unmap
+ * through the dirty-agent's shared pin table (dirty_guest_connect) against
+ * the same calls on the library's private table.
  *
  * Owns the number behind "marking one page on unmap <= 2x a bare
  * uncontended atomic OR" (dirty_proto_set_dirty() against __atomic_fetch_or
@@ -11,17 +13,25 @@
  * exits 1 only on a wrong result (bits, pins, drained pages) or a library
  * error. Guest cases run on one thread, uncontended, on a real region
  * (dirty_gp_create + dirty_guest_open_fd); --help says what each does.
+ * The agent case connects to a stand-in agent the bench runs itself (a
+ * thread that answers HELLO with the region and a pin table in a memfd,
+ * as guest-agent/pintable.h lays it out): no daemon needed, and the
+ * client side measured is the real one. Target: <= 2x the in-process
+ * map+unmap (the code is the same; only the table's memory differs).
  *
  * Reproduce:  make bench && build/bin/proto-bench [--json]
  *             build/bin/proto-bench --quick     (smoke test, under 1 s)
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,16 +42,19 @@
 #include "libdirty.h"
 #include "libdirty/guest.h"
 #include "libdirty/proto.h"
+#include "../guest-agent/agent_wire.h"
+#include "../guest-agent/pintable.h"
 
 #define PAGE_SHIFT 12
 #define PAGE_SIZE (1ull << PAGE_SHIFT)
 #define RUN_BATCH 256
 #define NFRAC 3
 
-enum { C_OR, C_PROTO, C_UNMAP, C_MAPUNMAP, C_MAPUNMAP_V, C_WRITE, C_WRITE_HOT, NCASE };
+enum { C_OR, C_PROTO, C_UNMAP, C_MAPUNMAP, C_MAPUNMAP_AGENT, C_MAPUNMAP_V, C_WRITE,
+       C_WRITE_HOT, NCASE };
 static const char *const case_names[NCASE] = {
-	"atomic-or", "mark-proto", "unmap", "map+unmap", "map+unmap-v16", "dummy-write",
-	"dummy-write-hot",
+	"atomic-or", "mark-proto", "unmap", "map+unmap", "map+unmap-agent", "map+unmap-v16",
+	"dummy-write", "dummy-write-hot",
 };
 #define VEC 16	/* pieces per vectored call: a scatter-gather list of single pages */
 static const char *const orders[2] = { "seq", "rand" };
@@ -55,9 +68,126 @@ struct guest {
 	uint8_t *region, *buf;
 	uint64_t *dirty, *summary, *pin;	/* in region */
 	struct dirty_proto_layout lay;
-	struct dirty_guest *g;
+	struct dirty_guest *g;		/* opened alone: its private pin table */
+	struct dirty_guest *ga;		/* connected: the agent's shared table */
 	double ns[NCASE][2];		/* median ns per page */
+	double agent_ratio[2];		/* map+unmap-agent / map+unmap, median of paired reps */
 };
+
+/*
+ * The stand-in dirty-agent: one client, one WELCOME with the region and a
+ * shared pin table, then it waits for the client's BYE or EOF.
+ */
+struct fake_agent {
+	char dir[32], path[64];
+	int lfd, table_fd, region_fd;
+	uint64_t region_bytes, npages, tbytes;
+	pthread_t thr;
+	bool running;
+	int err;
+};
+
+static void *fake_agent_main(void *arg)
+{
+	struct fake_agent *a = arg;
+	union {
+		struct cmsghdr align;
+		char b[CMSG_SPACE(2 * sizeof(int))];
+	} ctl;
+	struct agent_welcome w = {
+		.slot = 0, .page_shift = PAGE_SHIFT, .gpa_base = 0, .npages = a->npages,
+		.region_bytes = a->region_bytes, .table_bytes = a->tbytes,
+	};
+	struct iovec iov = { .iov_base = &w, .iov_len = sizeof(w) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+			     .msg_controllen = sizeof(ctl.b) };
+	struct cmsghdr *c;
+	int fds[2] = { a->region_fd, a->table_fd }, fd;
+	char buf[256];
+	struct agent_msg m;
+	ssize_t n;
+
+	fd = accept(a->lfd, NULL, NULL);
+	if (fd < 0 || (n = recv(fd, buf, sizeof(buf), 0)) <= 0 ||
+	    agent_wire_parse(buf, (size_t)n, &m, NULL, 0) != AGENT_HELLO) {
+		a->err = -EPROTO;
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	memset(&ctl, 0, sizeof(ctl));
+	c = CMSG_FIRSTHDR(&mh);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(fds));
+	memcpy(CMSG_DATA(c), fds, sizeof(fds));
+	agent_wire_hdr(&w.h, AGENT_WELCOME, sizeof(w));
+	if (sendmsg(fd, &mh, MSG_NOSIGNAL) != (ssize_t)sizeof(w))
+		a->err = -errno;
+	while (recv(fd, buf, sizeof(buf), 0) > 0)	/* BYE, then EOF */
+		;
+	close(fd);
+	return NULL;
+}
+
+/* Listen, make the table (magic last, as the daemon does), start the thread. */
+static int fake_agent_start(struct fake_agent *a, int region_fd, uint64_t region_bytes,
+			    uint64_t npages)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct pintable_header *t;
+
+	memset(a, 0, sizeof(*a));
+	a->lfd = a->table_fd = -1;
+	a->region_fd = region_fd;
+	a->region_bytes = region_bytes;
+	a->npages = npages;
+	a->tbytes = pintable_bytes(npages);
+	strcpy(a->dir, "/tmp/proto-bench-XXXXXX");
+	if (!mkdtemp(a->dir))
+		return -errno;
+	snprintf(a->path, sizeof(a->path), "%s/agent.sock", a->dir);
+	memcpy(sa.sun_path, a->path, strlen(a->path) + 1);
+	a->table_fd = memfd_create("proto-bench-pintable", MFD_CLOEXEC);
+	if (a->table_fd < 0 || ftruncate(a->table_fd, (off_t)a->tbytes) < 0)
+		return -errno;
+	t = mmap(NULL, PINTABLE_HEADER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, a->table_fd, 0);
+	if (t == MAP_FAILED)
+		return -errno;
+	t->version = PINTABLE_VERSION;
+	t->header_size = PINTABLE_HEADER_SIZE;
+	t->npages = npages;
+	t->gpa_base = 0;
+	t->page_shift = PAGE_SHIFT;
+	t->nslots = PINTABLE_SLOTS;
+	__atomic_store_n(&t->magic, PINTABLE_MAGIC, __ATOMIC_RELEASE);
+	munmap(t, PINTABLE_HEADER_SIZE);
+	a->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (a->lfd < 0 || bind(a->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    listen(a->lfd, 1) < 0)
+		return -errno;
+	if (pthread_create(&a->thr, NULL, fake_agent_main, a))
+		return -EAGAIN;
+	a->running = true;
+	return 0;
+}
+
+/* After the client closed (or never connected: shut the listener down). */
+static void fake_agent_stop(struct fake_agent *a)
+{
+	if (a->running) {
+		shutdown(a->lfd, SHUT_RDWR);	/* wakes an accept that nobody will satisfy */
+		pthread_join(a->thr, NULL);
+	}
+	if (a->lfd >= 0)
+		close(a->lfd);
+	if (a->table_fd >= 0)
+		close(a->table_fd);
+	if (a->path[0])
+		unlink(a->path);
+	if (a->dir[0])
+		rmdir(a->dir);
+}
 
 struct harvest {
 	uint64_t pages, idxsum;		/* the set pages: count, sum of indices */
@@ -112,6 +242,7 @@ static int guest_rep(struct guest *G, int c, int o, double *ns_per_page)
 	const uint32_t *ix = wr ? G->widx[o] : G->idx[o];
 	uint64_t n = wr ? G->wpages : G->npages, t0, bits = 0;
 	struct dirty_guest_info info = { 0 };
+	struct dirty_guest *g = c == C_MAPUNMAP_AGENT ? G->ga : G->g;
 	int err = 0;
 
 	memset(G->plain, 0, G->lay.dirty_words * 8);
@@ -133,12 +264,13 @@ static int guest_rep(struct guest *G, int c, int o, double *ns_per_page)
 	} else if (c == C_UNMAP) {
 		for (uint64_t i = 0; i < n && !err; i++)
 			err = dirty_guest_unmap(G->g, (uint64_t)ix[i] << PAGE_SHIFT, PAGE_SIZE, DIRTY_FROM_DEVICE);
-	} else if (c == C_MAPUNMAP) {
+	} else if (c == C_MAPUNMAP || c == C_MAPUNMAP_AGENT) {
+		/* The same loop; g is the private-table or the shared-table handle. */
 		for (uint64_t i = 0; i < n && !err; i++) {
 			uint64_t gpa = (uint64_t)ix[i] << PAGE_SHIFT;
 
-			if (!(err = dirty_guest_map(G->g, gpa, PAGE_SIZE, DIRTY_FROM_DEVICE)))
-				err = dirty_guest_unmap(G->g, gpa, PAGE_SIZE, DIRTY_FROM_DEVICE);
+			if (!(err = dirty_guest_map(g, gpa, PAGE_SIZE, DIRTY_FROM_DEVICE)))
+				err = dirty_guest_unmap(g, gpa, PAGE_SIZE, DIRTY_FROM_DEVICE);
 		}
 	} else if (c == C_MAPUNMAP_V) {
 		struct dirty_dma_piece v[VEC];
@@ -168,7 +300,7 @@ static int guest_rep(struct guest *G, int c, int o, double *ns_per_page)
 				err = -EIO;
 	} else {
 		bits = popcount(c == C_OR ? G->plain : G->dirty, G->lay.dirty_words);
-		dirty_guest_info(G->g, &info);
+		dirty_guest_info(g, &info);
 		if (bits != n || info.pinned_pages || popcount(G->pin, G->lay.dirty_words) ||
 		    (c != C_OR && popcount(G->summary, G->lay.summary_words) != G->lay.dirty_words))
 			err = -EIO;
@@ -261,6 +393,11 @@ static void usage(FILE *f)
 "                   of the region was mapped first, untimed\n"
 "  map+unmap        dirty_guest_map then _unmap of one page: a driver's cost\n"
 "                   per single-page DMA buffer, pin reference table included\n"
+"  map+unmap-agent  the same on a handle connected to dirty-agent (a stand-in\n"
+"                   run by the bench): the shared pin table in a memfd and the\n"
+"                   client's slot count; \"vs in-process\" is its ratio to\n"
+"                   map+unmap of the same order, each rep timed beside one\n"
+"                   of map+unmap (median of the pairs; target <= 2x)\n"
 "  map+unmap-v16    dirty_guest_map_v then _unmap_v of 16 single-page pieces\n"
 "                   (the same pages, in the same order): a scatter-gather list\n"
 "  dummy-write      volatile 8-byte store to the page's first word, its line\n"
@@ -278,7 +415,8 @@ static void usage(FILE *f)
 "  --quick          256 MiB, 64 MiB, 2 GiB, 3 reps unless given (smoke test)\n"
 "  --help           this text\n\n"
 "Guest columns: case, order, pages, ns/page, ratio to atomic-or of the same\n"
-"order. Host columns: case; dirty %; dirty pages; sync us; Mpages/s (dirty\n"
+"order, and for map+unmap-agent its ratio to map+unmap (JSON:\n"
+"ratio_vs_in_process). Host columns: case; dirty %; dirty pages; sync us; Mpages/s (dirty\n"
 "pages per second of sync); guest GiB/s (memory covered per second of sync);\n"
 "ns/dirty (sync ns per dirty page); drain us; drain ns (per page). Target\n"
 "lines follow. Exit 1 on a wrong result or library error, 2 on bad usage.\n", f);
@@ -288,16 +426,21 @@ static void print_results(const struct guest *G, const struct harvest *H, bool j
 {
 	if (!json)
 		printf("guest: %llu MiB region (%llu pages), dummy writes over %llu MiB, median of %d reps\n\n"
-		       "%-16s %5s %9s %9s %13s\n", (unsigned long long)(G->npages >> 8),
+		       "%-16s %5s %9s %9s %13s %14s\n", (unsigned long long)(G->npages >> 8),
 		       (unsigned long long)G->npages, (unsigned long long)(G->wpages >> 8), reps,
-		       "case", "order", "pages", "ns/page", "vs atomic-or");
+		       "case", "order", "pages", "ns/page", "vs atomic-or", "vs in-process");
 	for (int c = 0; c < NCASE * 2; c++) {
 		double ns = G->ns[c / 2][c % 2], r = ns / G->ns[C_OR][c % 2];
 		unsigned long long n = c / 2 >= C_WRITE ? G->wpages : G->npages;
+		bool agent = c / 2 == C_MAPUNMAP_AGENT;
+		double ri = G->agent_ratio[c % 2];
 
 		printf(json ? "{\"case\":\"%s\",\"order\":\"%s\",\"pages\":%llu,\"ns_per_page\":%.3f,"
-			      "\"ratio_vs_atomic_or\":%.3f}\n" : "%-16s %5s %9llu %9.2f %12.2fx\n",
+			      "\"ratio_vs_atomic_or\":%.3f" : "%-16s %5s %9llu %9.2f %12.2fx",
 		       case_names[c / 2], orders[c % 2], n, ns, r);
+		if (agent)
+			printf(json ? ",\"ratio_vs_in_process\":%.3f" : " %13.2fx", ri);
+		printf(json ? "}\n" : "\n");
 	}
 	if (!json)
 		printf("\nhost: %ld GiB guest-protocol region (%llu pages), median of %d reps\n\n"
@@ -335,6 +478,13 @@ static void print_results(const struct guest *G, const struct harvest *H, bool j
 	       G->ns[C_MAPUNMAP][0] / G->ns[C_OR][0], G->ns[C_MAPUNMAP][1] / G->ns[C_OR][1]);
 	printf("vectored calls, per page, x single calls (seq / rand): %.2fx / %.2fx\n",
 	       G->ns[C_MAPUNMAP_V][0] / G->ns[C_MAPUNMAP][0], G->ns[C_MAPUNMAP_V][1] / G->ns[C_MAPUNMAP][1]);
+	{
+		double as = G->agent_ratio[0], ar = G->agent_ratio[1];
+		double am = as > ar ? as : ar;
+
+		printf("target map+unmap through the agent's shared table <= 2x in-process: %.2fx \u2014 %s "
+		       "(seq %.2fx, rand %.2fx)\n", am, am <= 2 ? "met" : "not met", as, ar);
+	}
 }
 
 int main(int argc, char **argv)
@@ -344,6 +494,7 @@ int main(int argc, char **argv)
 	struct dirty_gp_config cfg = { 0 };
 	struct harvest H[NFRAC];
 	struct guest G = { 0 };
+	struct fake_agent fa = { .lfd = -1, .table_fd = -1 };
 	uint32_t *hidx[2] = { NULL, NULL };	/* host pages: [1] is the random order */
 	bool json = false, quick = false, tty = isatty(STDERR_FILENO);
 	double gmib = 0, wmib = 0, hgib = 0, nreps = 0;
@@ -392,6 +543,13 @@ int main(int argc, char **argv)
 			dirty_guest_last_error());
 		goto out;
 	}
+	/* The same region through the agent: a connected handle on the shared table. */
+	if ((err = fake_agent_start(&fa, dirty_gp_fd(ggp), dirty_gp_size(ggp), G.npages)) ||
+	    (err = dirty_guest_connect(fa.path, &G.ga)) || (err = fa.err)) {
+		fprintf(stderr, "proto-bench: agent setup: %s%s\n", err == fa.err ? "stand-in agent failed: " : "",
+			err == fa.err ? strerror(-err) : dirty_guest_last_error());
+		goto out;
+	}
 	G.region = mmap(NULL, G.lay.region_size, PROT_READ | PROT_WRITE, MAP_SHARED, dirty_gp_fd(ggp), 0);
 	if (G.region == MAP_FAILED) {
 		err = -errno;
@@ -405,14 +563,28 @@ int main(int argc, char **argv)
 		if (tty)
 			fprintf(stderr, "proto-bench: %s (%s)...\n", case_names[c / 2], orders[c % 2]);
 		for (int rep = -1; rep < reps && !err; rep++) {
-			double ns;
+			double ns, in_ns = 0;
 
-			err = guest_rep(&G, c / 2, c % 2, &ns);
-			if (rep >= 0)
+			/*
+			 * The agent case runs each rep beside an in-process one
+			 * (in alternating order): its ratio is the median of the
+			 * pairs', so a busy machine slows both sides alike.
+			 */
+			if (c / 2 == C_MAPUNMAP_AGENT && rep & 1)
+				err = guest_rep(&G, C_MAPUNMAP, c % 2, &in_ns);
+			if (!err)
+				err = guest_rep(&G, c / 2, c % 2, &ns);
+			if (!err && c / 2 == C_MAPUNMAP_AGENT && !(rep & 1))
+				err = guest_rep(&G, C_MAPUNMAP, c % 2, &in_ns);
+			if (rep >= 0) {
 				samples[rep] = ns;
+				samples[reps + rep] = in_ns ? ns / in_ns : 0;
+			}
 		}
 		if (!err)
 			G.ns[c / 2][c % 2] = median(samples, reps);
+		if (!err && c / 2 == C_MAPUNMAP_AGENT)
+			G.agent_ratio[c % 2] = median(samples + reps, reps);
 	}
 
 	/* Host side. */
@@ -431,6 +603,8 @@ int main(int argc, char **argv)
 	if (!err)
 		print_results(&G, H, json, (long)hgib);
 out:
+	dirty_guest_close(G.ga);
+	fake_agent_stop(&fa);
 	dirty_guest_close(G.g);
 	dirty_view_free(gview);		/* and the gp sources with them */
 	dirty_view_free(hview);

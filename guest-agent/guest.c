@@ -3,26 +3,33 @@
  * guest.c - the guest side of the bitmap protocol: open and validate a
  * region, map/unmap/sync with per-page pin reference counts, heartbeat
  * and the tracking handshake. Writes only the guest-owned words and the
- * three bitmaps; reads the host-owned words; never trusts a header it has
- * not checked against the layout it computes itself.
+ * three bitmaps (a connected handle, guest_connect.c, not even the
+ * guest-owned control words: the dirty-agent daemon owns those); reads
+ * the host-owned words; never trusts a header it has not checked against
+ * the layout it computes itself.
  *
- * Pin counts live in a flat array of 32-bit atomics, one per page, mapped
- * lazily (MAP_NORESERVE: memory follows the pages ever mapped). A count
- * word holds the reference count, OWNED (this process set the pin bit)
- * and BUSY (a 0<->1 transition is in progress; everyone else waits). The
+ * Pin counts live in a pin table (pintable.h): a flat array of 32-bit
+ * atomics, one per page. Opened alone (dirty_guest_open_*) the table is
+ * this process's, mapped lazily (MAP_NORESERVE: memory follows the pages
+ * ever mapped); connected to the agent (dirty_guest_connect) it is the
+ * one table every client of the region shares, so the algorithm below
+ * runs unchanged among processes as among threads. A count word holds
+ * the reference count, OWNED (this table's clients set the pin bit) and
+ * BUSY (a 0<->1 transition is in progress; everyone else waits). The
  * races it is built around (checked by tests/model/gproto.pml, where BUSY
- * is a word held with count 0):
+ * is a word held with count 0 and the clients of one table are threads):
  *  - A page's pin bit must be set before any caller's map returns. The
  *    first map takes 0 -> BUSY, so every other map of the page waits;
  *    only then is the bit set, and count 1 published.
- *  - The last unmap takes 1 -> BUSY, clears the pin bit if this process
- *    set it, then publishes 0. A map that arrives meanwhile waits, and
- *    its own set of the bit comes after the clear: the last write.
- *    (Setting the bit before claiming the word loses: a map that read 0
- *    sets a bit that is still set, then wins 0 -> 1 after the previous
- *    holder cleared it, and returns with the page unpinned.)
- *  - "This process set it" (OWNED) is decided by that one set: a bit
- *    found already set belongs to another client and is never cleared.
+ *  - The last unmap takes 1 -> BUSY, clears the pin bit if this table's
+ *    clients set it, then publishes 0. A map that arrives meanwhile
+ *    waits, and its own set of the bit comes after the clear: the last
+ *    write. (Setting the bit before claiming the word loses: a map that
+ *    read 0 sets a bit that is still set, then wins 0 -> 1 after the
+ *    previous holder cleared it, and returns with the page unpinned.)
+ *  - "This table's clients set it" (OWNED) is decided by that one set: a
+ *    bit found already set belongs to a client of another table (a
+ *    process that opened the region alone) and is never cleared.
  * (liburcu's lock-free hash table was the first choice; its 0.13 resize
  * can stop for good - the launch flag is set after the work is queued -
  * and lookups then walk chains of thousands: 20 us per unmap.)
@@ -43,32 +50,7 @@
 #include "guest_priv.h"
 #include "libdirty/guest.h"
 #include "libdirty/proto.h"
-
-/* A page's pin count word. */
-#define PIN_BUSY 0x80000000u	/* 0<->1 transition in progress */
-#define PIN_OWNED 0x40000000u	/* this process set the pin bit */
-#define PIN_COUNT 0x3fffffffu
-
-struct dirty_guest {
-	uint8_t *base;
-	uint64_t map_size;
-	bool unmap_on_close;
-	struct dirty_proto_header *hdr;
-	uint64_t *dirty, *summary, *pin;
-	struct dirty_proto_layout lay;
-	uint64_t gpa_base, npages;
-	unsigned int page_shift;
-	uint16_t host_major, host_minor;
-	_Atomic uint32_t *pincnt;	/* per page, see the file comment */
-	uint64_t pincnt_len;
-	_Atomic uint64_t npinned;	/* relaxed: statistics */
-	pthread_mutex_t poll_lock;
-	uint64_t acked_gen;		/* under poll_lock */
-	pthread_t agent;
-	bool agent_running;
-	_Atomic bool agent_stop;
-	unsigned int agent_interval_ms;
-};
+#include "pintable.h"
 
 /* Guest-owned counters: relaxed adds, the host only reads them. */
 static void count(uint64_t *ctr)
@@ -76,6 +58,7 @@ static void count(uint64_t *ctr)
 	__atomic_fetch_add(ctr, 1, __ATOMIC_RELAXED);
 }
 
+/* Check the header at g->base against the layout v1 computes; fill geometry. */
 static int validate(struct dirty_guest *g, uint64_t size)
 {
 	const struct dirty_proto_header *h = (const void *)g->base;
@@ -86,6 +69,7 @@ static int validate(struct dirty_guest *g, uint64_t size)
 	if (size < DIRTY_PROTO_HEADER_SIZE)
 		return __dirty_guest_err(-EINVAL, "region of %llu bytes is smaller than its 4096-byte header",
 				   (unsigned long long)size);
+	/* Acquire: pairs with the host publishing the magic after the header. */
 	magic = __atomic_load_n(&h->magic, __ATOMIC_ACQUIRE);
 	if (magic != DIRTY_PROTO_MAGIC)
 		return __dirty_guest_err(-EPROTO, "not a libdirty region (magic %#llx, want %#llx); is the host's region attached?",
@@ -126,6 +110,21 @@ static int validate(struct dirty_guest *g, uint64_t size)
 	return 0;
 }
 
+int __dirty_guest_attach(struct dirty_guest *g, void *base, uint64_t size)
+{
+	int err;
+
+	g->base = base;
+	g->map_size = size;
+	if ((err = validate(g, size)))
+		return err;
+	g->hdr = (struct dirty_proto_header *)g->base;
+	g->dirty = (uint64_t *)(g->base + g->lay.dirty_off);
+	g->summary = (uint64_t *)(g->base + g->lay.summary_off);
+	g->pin = (uint64_t *)(g->base + g->lay.pin_off);
+	return 0;
+}
+
 GUEST_API int dirty_guest_open_mem(void *base, uint64_t size,
 				   struct dirty_guest **out)
 {
@@ -137,27 +136,24 @@ GUEST_API int dirty_guest_open_mem(void *base, uint64_t size,
 	g = calloc(1, sizeof(*g));
 	if (!g)
 		return __dirty_guest_err(-ENOMEM, "dirty_guest_open: out of memory");
-	g->base = base;
-	g->map_size = size;
-	err = validate(g, size);
+	err = __dirty_guest_attach(g, base, size);
 	if (err) {
 		free(g);
 		return err;
 	}
-	g->hdr = (struct dirty_proto_header *)g->base;
-	g->dirty = (uint64_t *)(g->base + g->lay.dirty_off);
-	g->summary = (uint64_t *)(g->base + g->lay.summary_off);
-	g->pin = (uint64_t *)(g->base + g->lay.pin_off);
-	g->pincnt_len = g->npages * sizeof(*g->pincnt);
-	g->pincnt = mmap(NULL, g->pincnt_len, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (g->pincnt == MAP_FAILED) {
+	/* This process's own pin table: the counts alone, no header. */
+	g->pin_map_len = g->npages * sizeof(*g->pincnt);
+	g->pin_map = mmap(NULL, g->pin_map_len, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (g->pin_map == MAP_FAILED) {
 		uint64_t n = g->npages;
 
 		free(g);
 		return __dirty_guest_err(-ENOMEM, "dirty_guest_open: cannot reserve pin counts for %llu pages",
 				   (unsigned long long)n);
 	}
+	g->pincnt = g->pin_map;
+	g->sock = -1;
 	pthread_mutex_init(&g->poll_lock, NULL);
 	__atomic_store_n(&g->hdr->guest.major, DIRTY_PROTO_MAJOR, __ATOMIC_RELAXED);
 	__atomic_store_n(&g->hdr->guest.minor, DIRTY_PROTO_MINOR, __ATOMIC_RELAXED);
@@ -228,7 +224,20 @@ static bool dir_ok(enum dirty_dma_dir dir)
 	       dir == DIRTY_BIDIRECTIONAL;
 }
 
-/* The holder of BUSY does one atomic and a store: spin briefly, then yield. */
+/*
+ * Memory ordering of the count words (private or shared, the same): every
+ * read-modify-write is seq_cst, the waits are acquire loads and the
+ * publications after BUSY are release stores, each pairing with the
+ * acquire of the next taker. The pin bit's own RMWs are in proto.h.
+ */
+#define CAS(c, v, n) atomic_compare_exchange_weak_explicit(c, v, n, memory_order_seq_cst, \
+							  memory_order_seq_cst)
+
+/*
+ * The holder of BUSY does one atomic and a store: spin briefly, then
+ * yield. Acquire: a word seen published carries the holder's pin bit
+ * write (and OWNED) with it.
+ */
 static uint32_t wait_not_busy(_Atomic uint32_t *c)
 {
 	uint32_t v;
@@ -253,11 +262,11 @@ static int pin_get(struct dirty_guest *g, uint64_t p)
 		if ((v & PIN_COUNT) == PIN_COUNT)
 			return -EOVERFLOW;
 		if (v & PIN_COUNT) {
-			if (atomic_compare_exchange_weak(c, &v, v + 1))
+			if (CAS(c, &v, v + 1))
 				return 0;
 			continue;
 		}
-		if (!atomic_compare_exchange_weak(c, &v, PIN_BUSY))
+		if (!CAS(c, &v, PIN_BUSY))
 			continue;
 		/*
 		 * The bit only now, with the word BUSY: a previous holder's
@@ -267,6 +276,7 @@ static int pin_get(struct dirty_guest *g, uint64_t p)
 		v = dirty_proto_pin(g->pin, p) ? 1 : (1 | PIN_OWNED);
 		/* Release: whoever takes or drops a reference sees OWNED. */
 		atomic_store_explicit(c, v, memory_order_release);
+		/* Relaxed: a statistic (meaningful for a private table only). */
 		atomic_fetch_add_explicit(&g->npinned, 1, memory_order_relaxed);
 		return 0;
 	}
@@ -286,19 +296,22 @@ static int pin_put(struct dirty_guest *g, uint64_t p)
 		if (!(v & PIN_COUNT))
 			return -ENOENT;	/* not mapped (or another unmap took the last) */
 		if ((v & PIN_COUNT) > 1) {
-			if (atomic_compare_exchange_weak(c, &v, v - 1))
+			if (CAS(c, &v, v - 1))
 				return 0;
 			continue;
 		}
-		if (!atomic_compare_exchange_weak(c, &v, PIN_BUSY))
+		if (!CAS(c, &v, PIN_BUSY))
 			continue;
 		if (v & PIN_OWNED)
 			dirty_proto_unpin(g->pin, p);
 		else
-			count(&g->hdr->guest.pin_conflicts);	/* someone else's pin: left set */
-		/* After the unpin: a map waiting on BUSY sets the bit after it. */
+			count(&g->hdr->guest.pin_conflicts);	/* another table's pin: left set */
+		/*
+		 * Release, after the unpin: a map waiting on BUSY sets the bit
+		 * after it.
+		 */
 		atomic_store_explicit(c, 0, memory_order_release);
-		atomic_fetch_sub_explicit(&g->npinned, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&g->npinned, 1, memory_order_relaxed);	/* statistic */
 		return 0;
 	}
 }
@@ -324,6 +337,7 @@ struct span {
 struct spans {
 	struct span stack[STACK_SPANS];
 	struct span *v;
+	uint64_t pages;		/* the sum of v[].n */
 };
 
 /*
@@ -335,6 +349,7 @@ static int spans_take(struct dirty_guest *g, const char *call, const struct dirt
 		      size_t n, enum dirty_dma_dir dir, struct spans *s)
 {
 	s->v = NULL;
+	s->pages = 0;
 	if (!dir_ok(dir))
 		return __dirty_guest_err(-EINVAL, "%s: direction %d is not TO_DEVICE, FROM_DEVICE or BIDIRECTIONAL",
 					 call, (int)dir);
@@ -352,6 +367,7 @@ static int spans_take(struct dirty_guest *g, const char *call, const struct dirt
 			s->v = NULL;
 			return err;
 		}
+		s->pages += s->v[i].n;	/* <= npages per piece: no overflow in practice */
 	}
 	return 0;
 }
@@ -375,6 +391,13 @@ GUEST_API int dirty_guest_map_v(struct dirty_guest *g, const struct dirty_dma_pi
 	if ((err = spans_take(g, "dirty_guest_map", pieces, n, dir, &s)))
 		return err;
 	sp = s.v;
+	/*
+	 * Connected: this client's references in its slot, counted before
+	 * they are taken so the slot never shows fewer than the client holds
+	 * (the agent reports them after a death). Relaxed: a statistic.
+	 */
+	if (g->refs)
+		atomic_fetch_add_explicit(g->refs, s.pages, memory_order_relaxed);
 	urcu_bp_read_lock();
 	for (k = 0; k < n && !err; k++)
 		for (i = 0; i < sp[k].n && !err; i++)
@@ -392,6 +415,8 @@ GUEST_API int dirty_guest_map_v(struct dirty_guest *g, const struct dirty_dma_pi
 		}
 	}
 	urcu_bp_read_unlock();
+	if (err && g->refs)	/* undone: none of them is held */
+		atomic_fetch_sub_explicit(g->refs, s.pages, memory_order_relaxed);
 	spans_drop(&s);
 	if (err)
 		return __dirty_guest_err(err, "dirty_guest_map: a page is mapped more than %u times",
@@ -412,23 +437,25 @@ GUEST_API int dirty_guest_unmap_v(struct dirty_guest *g, const struct dirty_dma_
 {
 	struct spans s;
 	struct span *sp;
-	uint64_t unmapped = 0, total = 0;
+	uint64_t unmapped = 0, total;
 	int err;
 
 	if ((err = spans_take(g, "dirty_guest_unmap", pieces, n, dir, &s)))
 		return err;
 	sp = s.v;
+	total = s.pages;
 	urcu_bp_read_lock();
 	/* Dirty (and summary) strictly before any pin bit is cleared. */
 	for (size_t k = 0; k < n; k++)
 		dirty_if(g, sp[k].first, sp[k].n, dir);
-	for (size_t k = 0; k < n; k++) {
-		total += sp[k].n;
+	for (size_t k = 0; k < n; k++)
 		for (uint64_t i = 0; i < sp[k].n; i++)
 			if (pin_put(g, sp[k].first + i))
 				unmapped++;
-	}
 	urcu_bp_read_unlock();
+	/* Connected: the references dropped, after they are (relaxed: a statistic). */
+	if (g->refs)
+		atomic_fetch_sub_explicit(g->refs, total - unmapped, memory_order_relaxed);
 	spans_drop(&s);
 	if (unmapped) {
 		count(&g->hdr->guest.bad_ranges);
@@ -495,6 +522,13 @@ GUEST_API int dirty_guest_poll(struct dirty_guest *g)
 	uint64_t gen;
 	int acked = 0;
 
+	/*
+	 * Connected: the dirty-agent daemon owns heartbeat and ack_gen and
+	 * acknowledges once every client answered its GRACE (the library's
+	 * server thread answers for this one); nothing to do here.
+	 */
+	if (g->connected)
+		return 0;
 	pthread_mutex_lock(&g->poll_lock);
 	__atomic_fetch_add(&g->hdr->guest.heartbeat, 1, __ATOMIC_RELEASE);
 	gen = __atomic_load_n(&g->hdr->host.track_gen, __ATOMIC_ACQUIRE);
@@ -533,6 +567,9 @@ GUEST_API int dirty_guest_agent_start(struct dirty_guest *g,
 {
 	int err;
 
+	if (g->connected)
+		return __dirty_guest_err(-EINVAL, "dirty_guest_agent_start: the dirty-agent daemon answers for connected clients "
+					 "(heartbeat and acknowledgements are its own); nothing to start");
 	if (g->agent_running)
 		return __dirty_guest_err(-EBUSY, "dirty_guest_agent_start: already running");
 	g->agent_interval_ms = interval_ms ? interval_ms : 1;
@@ -553,7 +590,15 @@ GUEST_API int dirty_guest_info(struct dirty_guest *g,
 	info->host_major = g->host_major;
 	info->host_minor = g->host_minor;
 	info->tracking = tracking_on(g);
-	info->pinned_pages = atomic_load_explicit(&g->npinned, memory_order_relaxed);
+	/*
+	 * Relaxed: statistics. Connected, the shared table's counts are every
+	 * client's, so this client's own number is its slot's references.
+	 */
+	info->pinned_pages = g->connected ?
+		atomic_load_explicit(g->refs, memory_order_relaxed) :
+		atomic_load_explicit(&g->npinned, memory_order_relaxed);
+	info->connected = g->connected;
+	info->slot = g->connected ? g->slot : 0;
 	return 0;
 }
 
@@ -563,17 +608,27 @@ GUEST_API void dirty_guest_close(struct dirty_guest *g)
 
 	if (!g)
 		return;
-	if (g->agent_running) {
-		atomic_store(&g->agent_stop, true);
-		pthread_join(g->agent, NULL);
+	if (g->connected) {
+		/*
+		 * References still held stay in the shared table, their pins
+		 * set; the agent reports them from the slot. The guest-owned
+		 * words (state, pin_leaks) are the agent's to write.
+		 */
+		__dirty_guest_disconnect(g);
+	} else {
+		if (g->agent_running) {
+			atomic_store(&g->agent_stop, true);
+			pthread_join(g->agent, NULL);
+		}
+		/* Open mappings keep their pins: the host resends them, never loses them. */
+		left = atomic_load_explicit(&g->npinned, memory_order_relaxed);
+		if (left)
+			__atomic_fetch_add(&g->hdr->guest.pin_leaks, left, __ATOMIC_RELAXED);
+		/* Release: a host that sees STOPPED sees the leak count. */
+		__atomic_store_n(&g->hdr->guest.state, DIRTY_PROTO_GUEST_STOPPED,
+				 __ATOMIC_RELEASE);
 	}
-	/* Open mappings keep their pins: the host resends them, never loses them. */
-	left = atomic_load(&g->npinned);
-	if (left)
-		__atomic_fetch_add(&g->hdr->guest.pin_leaks, left, __ATOMIC_RELAXED);
-	__atomic_store_n(&g->hdr->guest.state, DIRTY_PROTO_GUEST_STOPPED,
-			 __ATOMIC_RELEASE);
-	munmap(g->pincnt, g->pincnt_len);
+	munmap(g->pin_map, g->pin_map_len);
 	pthread_mutex_destroy(&g->poll_lock);
 	if (g->unmap_on_close)
 		munmap(g->base, g->map_size);

@@ -39,9 +39,16 @@
 
 /*
  * One connected client. The agent writes pid when it admits the client
- * (and clears it when the slot is freed); the client adds the references
- * it takes and drops to refs (relaxed: a statistic the agent reads after
- * the client is gone, to report the pins it left).
+ * (and clears it when the slot is freed); refs is 0 when a new client is
+ * admitted, and kept when a process whose connection broke (an agent
+ * restart, a dropped socket) reconnects and gets its own slot back:
+ * counting is per process. The client adds the references it takes and
+ * subtracts those it drops, one relaxed add per map or unmap call:
+ * added before a map takes them, subtracted after an unmap dropped them,
+ * so refs is never below what the client holds (a map that fails takes
+ * its count back). Relaxed: a statistic the agent reads after the client
+ * is gone (its exit orders everything before), to report the pins it
+ * left; nothing is released or unpinned by it.
  */
 struct pintable_slot {
 	_Atomic uint32_t pid;

@@ -50,6 +50,7 @@
 
 #include "compat.h"
 #include "core.h"
+#include "fault.h"
 #include "libdirty/uffd.h"
 
 #define UFFD_PAGE 4096ull
@@ -241,8 +242,9 @@ static int harvest(struct dirty_uffd *u, const struct urange *r)
 			.category_mask = PAGE_IS_WRITTEN,
 			.return_mask = PAGE_IS_WRITTEN,
 		};
-		long n = ioctl(u->pagemap, PAGEMAP_SCAN, &arg);
-		int e = errno;
+		int injected = DIRTY_FAULT("uffd.scan");
+		long n = injected ? -1 : ioctl(u->pagemap, PAGEMAP_SCAN, &arg);
+		int e = injected ? -injected : errno;
 
 		if (n < 0)
 			return __dirty_err(-e, "PAGEMAP_SCAN of [%#llx, %#llx) failed: %s%s",

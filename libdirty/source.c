@@ -270,6 +270,7 @@ DIRTY_API int dirty_view_stop(struct dirty_view *view)
 static int sync_round(struct dirty_view *view, bool final)
 {
 	const struct region_table *t;
+	char first_msg[512] = "";
 	double now;
 	int first = 0;
 
@@ -295,10 +296,12 @@ static int sync_round(struct dirty_view *view, bool final)
 			mark_source_all(s);
 			s->errors++;
 			s->last_error = err;
-			if (!first)
-				first = __dirty_err(err, "source '%s' %s failed (%s); all its pages were marked dirty",
-						    s->ops.name ? s->ops.name : "?",
-						    final ? "final sync" : "sync", why);
+			if (!first) {
+				first = err;
+				snprintf(first_msg, sizeof(first_msg),
+					 "source '%s' %s failed (%s); all its pages were marked dirty",
+					 s->ops.name ? s->ops.name : "?", final ? "final sync" : "sync", why);
+			}
 		}
 		now = __dirty_now();
 		s->syncs++;
@@ -322,7 +325,8 @@ static int sync_round(struct dirty_view *view, bool final)
 	view->last_sync_time = now;
 	view->syncs++;
 	pthread_mutex_unlock(&view->lock);
-	return first;
+	/* Set last: the sources after the failing one cleared the message. */
+	return first ? __dirty_err(first, "%s", first_msg) : 0;
 }
 
 DIRTY_API int dirty_view_sync(struct dirty_view *view)

@@ -33,7 +33,7 @@ make -s -C "$top" fuzz-build
 out="$top/build/fuzz"
 # Flags as in fuzz.mk's `make fuzz`.
 flags=(-timeout=25 -rss_limit_mb=2048 -print_final_stats=1)
-for t in fuzz_host_region fuzz_guest_open; do
+for t in fuzz_host_region fuzz_guest_open fuzz_agent_msg fuzz_dest_stream; do
   seeds=("$top/tests/fuzz/corpus/$t"/*)
   echo "== $t: replay of ${#seeds[@]} seeds"
   "$out/$t" "${flags[@]}" "${seeds[@]}" >"$tmp/$t.replay" 2>&1 ||

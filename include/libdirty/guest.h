@@ -10,10 +10,18 @@
  *
  * FROM_DEVICE and BIDIRECTIONAL dirty on sync_for_cpu and unmap; TO_DEVICE
  * never dirties. A page's pin bit stays set while any mapping of it exists
- * in this process (reference counted); a pin bit this process found set by
- * another client is never cleared by it (counted in the region's
- * pin_conflicts). All calls are thread-safe and return 0 or -errno; the
- * calling thread's message is in dirty_guest_last_error().
+ * among the clients of one pin table (a reference count per page):
+ *  - connected to the dirty-agent daemon (dirty_guest_connect), the table
+ *    is one per region, shared by every client of the agent: any number
+ *    of guest processes may map the same page, and its pin bit stays set
+ *    until the last of them unmaps it;
+ *  - opened alone (dirty_guest_open_*), the table is this process's: a
+ *    pin bit found set by another process is never cleared by this one
+ *    (counted in the region's pin_conflicts), and the process that set a
+ *    bit clears it at its own last unmap, whoever else still maps the
+ *    page. Use the agent when more than one process maps DMA buffers.
+ * All calls are thread-safe and return 0 or -errno; the calling thread's
+ * message is in dirty_guest_last_error().
  *
  * This is libdirty-guest, a library of its own (pkg-config libdirty-guest):
  * it needs nothing of the host library, only liburcu-bp.
@@ -50,9 +58,43 @@ int dirty_guest_open_fd(int fd, struct dirty_guest **out);
 int dirty_guest_open_path(const char *path, struct dirty_guest **out);
 /* Memory already mapped by the caller (a bare payload, a test). */
 int dirty_guest_open_mem(void *base, uint64_t size, struct dirty_guest **out);
+
+/* Where dirty-agent listens unless told otherwise (dirty_guest_connect(NULL)). */
+#define DIRTY_AGENT_SOCKET "/run/dirty-agent/agent.sock"
+
 /*
- * Close. Mappings still open keep their pins set (counted as pin_leaks):
- * the host then keeps resending those pages, which is safe.
+ * Become a client of the dirty-agent daemon listening on socket_path
+ * (NULL: DIRTY_AGENT_SOCKET): it passes the region and the region's shared
+ * pin table, which map and unmap then use directly, with no message per
+ * call. Everything the agent sends is checked: the region as
+ * dirty_guest_open_fd checks it, the table against the region, the slot
+ * it assigns. Errors: what connect(2) says about the socket (-ENOENT,
+ * -ECONNREFUSED, -EACCES: is the daemon running?), the agent's own
+ * refusal (its -errno, its message), -ETIMEDOUT when it does not answer
+ * within 10 s, -ECONNRESET when it hangs up first, -EPROTO for anything
+ * malformed or inconsistent (nothing is kept: no fd, no mapping).
+ *
+ * A connected handle runs one library thread that answers the agent's
+ * grace-period requests (an RCU grace period, as dirty_guest_poll does);
+ * the agent acknowledges a tracking generation once every client
+ * answered, and owns the region's heartbeat, ack_gen, state and version:
+ * dirty_guest_poll() does nothing (returns 0) and
+ * dirty_guest_agent_start() returns -EINVAL. If the agent sends anything
+ * malformed, or goes away, the thread stops answering for good (the host
+ * then sees the guest unhealthy through the agent: safe). A handle
+ * belongs to the process that connected it: a child after fork() must
+ * not map or unmap through it (the agent's grace periods do not cover
+ * the child) but connect its own; its dirty_guest_close() of the
+ * inherited handle only releases the child's copy.
+ */
+int dirty_guest_connect(const char *socket_path, struct dirty_guest **out);
+
+/*
+ * Close. Mappings still open keep their pins set: the host then keeps
+ * resending those pages, which is safe. Opened alone, they are counted as
+ * the region's pin_leaks and the agent state becomes STOPPED; connected,
+ * the references stay in the shared table (the agent reports them from
+ * this client's slot) and the agent is told BYE.
  */
 void dirty_guest_close(struct dirty_guest *g);
 
@@ -103,6 +145,8 @@ ssize_t dirty_guest_pieces(const void *va, size_t len,
  * inside an operation that saw tracking off (an RCU grace period), then
  * acknowledge. Returns 1 if it acknowledged a new generation, 0 if there
  * was nothing new. Call it periodically, or run dirty_guest_agent_start().
+ * On a connected handle both are the agent's job: poll returns 0 and
+ * does nothing, agent_start returns -EINVAL.
  */
 int dirty_guest_poll(struct dirty_guest *g);
 /* A thread that polls every interval_ms until dirty_guest_close(). */
@@ -112,7 +156,14 @@ struct dirty_guest_info {
 	uint64_t gpa_base, npages, page_size;
 	uint16_t host_major, host_minor;
 	int tracking;		/* the host's tracking flag as last seen */
-	uint64_t pinned_pages;	/* pages this process holds pinned */
+	/*
+	 * Opened alone: pages this process holds pinned. Connected: the
+	 * references this client holds (its slot's count: a page mapped
+	 * twice counts twice).
+	 */
+	uint64_t pinned_pages;
+	int connected;		/* 1: a client of dirty-agent (dirty_guest_connect) */
+	uint32_t slot;		/* connected: this client's slot in the pin table */
 };
 int dirty_guest_info(struct dirty_guest *g, struct dirty_guest_info *info);
 

@@ -117,3 +117,44 @@ write(gd, 'huge-pages', region(64, std, shift=40, gpa=1 << 40, full=False))
 write(gd, 'bad-major', region(1, std, major=2))
 write(gd, 'pin-conflict-untracked', region(65, gop(MAP, FROM_DEV, 63, 2) + gop(UNMAP, FROM_DEV, 63, 2),
                                            track_gen=0, pins=(64,)))
+
+# ---- fuzz_agent_msg: one datagram of guest-agent/agent_wire.h ---------------
+AGENT_MAGIC, AGENT_VERSION = 0x4741444C, 1
+(HELLO, WELCOME, REFUSED, GRACE, GRACE_DONE, BYE, STATUS, STATUS_TEXT) = range(1, 9)
+
+
+def amsg(typ, body=b'', version=AGENT_VERSION, magic=AGENT_MAGIC, length=None, reserved=0):
+    n = 16 + len(body)
+    return struct.pack('<IHHII', magic, version, typ, n if length is None else length,
+                       reserved) + body
+
+
+def refused(err, text):
+    t = text.encode() + b'\0'
+    return amsg(REFUSED, struct.pack('<iI', err, 0) + t + bytes(240 - len(t)))
+
+
+ad = os.path.join(here, 'corpus', 'fuzz_agent_msg')
+write(ad, 'hello', amsg(HELLO, u32(0) + u32(0)))
+write(ad, 'hello-status', amsg(HELLO, u32(1) + u32(0)))
+write(ad, 'welcome', amsg(WELCOME, u32(3) + u32(12) + u64(BASE) + u64(131072) +
+                          u64(65536) + u64(4096 + 131072 * 4)))
+write(ad, 'welcome-2m-top-slot', amsg(WELCOME, u32(1023) + u32(21) + u64(1 << 40) + u64(1) +
+                                      u64(16384) + u64(4100)))
+write(ad, 'refused', refused(-16, 'dirty-agent: 60 clients already; try again later'))
+write(ad, 'refused-eperm', refused(-1, 'not allowed'))
+write(ad, 'grace', amsg(GRACE, u64(7)))
+write(ad, 'grace-done', amsg(GRACE_DONE, u64(0xfeed00000000)))
+write(ad, 'bye', amsg(BYE))
+write(ad, 'status', amsg(STATUS, u32(0) + u32(0)))
+write(ad, 'status-json', amsg(STATUS, u32(1) + u32(0)))
+write(ad, 'status-text', amsg(STATUS_TEXT, b'clients 2\nwaiting_pid 0\n\0'))
+write(ad, 'status-text-empty', amsg(STATUS_TEXT, b'\0'))
+# Near misses: each one field away from a valid message.
+write(ad, 'bad-magic', amsg(GRACE, u64(1), magic=0x4741444D))
+write(ad, 'bad-length', amsg(GRACE, u64(1), length=25))
+write(ad, 'bad-reserved', amsg(BYE, reserved=1))
+write(ad, 'short-header', amsg(BYE)[:15])
+write(ad, 'welcome-zero-pages', amsg(WELCOME, u32(0) + u32(12) + u64(BASE) + u64(0) + u64(1) + u64(1)))
+write(ad, 'refused-positive', refused(16, 'err must be negative'))
+write(ad, 'unknown-type', amsg(9, u64(0)))

@@ -30,7 +30,9 @@ struct dest {
 	unsigned int round;	/* the next END_ROUND expected */
 	bool final;
 	uint64_t pages_rx;
-	uint64_t drop_after;	/* test: drop the connection at this many pages */
+	enum dm_drop drop;	/* test: where to drop this connection */
+	uint64_t drop_arg;
+	uint64_t max_bytes;	/* largest guest accepted */
 	bool dropped;
 	char mode[17];
 	uint64_t gpa[DM_BATCH_MAX];
@@ -93,9 +95,9 @@ static int hello(struct dest *d)
 	if (ps != DM_PAGE)
 		return fail(d, "stream page size %u is not supported (only %u)", ps, DM_PAGE);
 	d->bytes = le64toh(h.guest_bytes);
-	if (!d->bytes || d->bytes % DM_PAGE || d->bytes > DM_GUEST_MAX)
+	if (!d->bytes || d->bytes % DM_PAGE || d->bytes > d->max_bytes)
 		return fail(d, "stream guest size %" PRIu64 " bytes is not a page multiple in (0, %llu]",
-			    d->bytes, (unsigned long long)DM_GUEST_MAX);
+			    d->bytes, (unsigned long long)d->max_bytes);
 	d->npages = d->bytes / DM_PAGE;
 	memcpy(d->mode, h.mode, 16);
 	d->mode[16] = 0;
@@ -140,7 +142,7 @@ static int pages(struct dest *d, const struct dm_rec *r)
 	if ((err = dm_recv_iov(&d->c, d->iov, (int)n)))
 		return recv_fail(d, err, "a page record's data");
 	d->pages_rx += n;
-	if (d->drop_after && d->pages_rx >= d->drop_after) {
+	if (d->drop == DM_DROP_PAGES && d->pages_rx >= d->drop_arg) {
 		d->dropped = true;
 		return -ECONNABORTED;
 	}
@@ -196,6 +198,11 @@ static int records(struct dest *d)
 			if (r.arg != d->round)
 				return fail(d, "malformed stream: %s marker for round %" PRIu64 ", expected round %u",
 					    r.type == DM_FINAL ? "final" : "round", r.arg, d->round);
+			if ((r.type == DM_FINAL && d->drop == DM_DROP_FINAL) ||
+			    (r.type == DM_END_ROUND && d->drop == DM_DROP_ROUND && r.arg == d->drop_arg)) {
+				d->dropped = true;
+				return -ECONNABORTED;
+			}
 			if ((err = dm_send_rec(&d->c, DM_ACK, 0, r.arg)))
 				return fail(d, "acknowledging round %u: %s", d->round, strerror(-err));
 			if (r.type == DM_FINAL)
@@ -220,8 +227,8 @@ static int records(struct dest *d)
 }
 
 /* One connection. 1: it was flagged LAST; 0: more may follow; <0: refused. */
-/* 2: dropped on purpose (--drop-after-pages); the source may come back. */
-static int serve_one(int fd, const struct dm_dest_opts *o, uint64_t drop_after)
+/* 2: dropped on purpose (a test fault); the source may come back. */
+static int serve_one(int fd, const struct dm_dest_opts *o, enum dm_drop drop)
 {
 	struct dest *d = calloc(1, sizeof(*d));
 	int err, last = 0;
@@ -239,16 +246,18 @@ static int serve_one(int fd, const struct dm_dest_opts *o, uint64_t drop_after)
 		return err;
 	}
 	d->alive = true;
-	d->drop_after = drop_after;
+	d->drop = drop;
+	d->drop_arg = o->drop_arg;
+	d->max_bytes = o->max_guest_bytes ? o->max_guest_bytes : DM_GUEST_MAX;
 	err = hello(d);
 	if (err >= 0) {
 		last = err;
 		err = records(d);
 	}
 	if (d->dropped) {
-		fprintf(stderr, "dirtymig dest: dropping the connection after %" PRIu64
-			" pages of '%s', as --drop-after-pages asked; waiting for a new one\n",
-			d->pages_rx, d->mode);
+		fprintf(stderr, "dirtymig dest: dropping the connection in round %u after %" PRIu64
+			" pages of '%s', as --drop-at asked; waiting for a new one\n",
+			d->round, d->pages_rx, d->mode);
 		/* Reset, not a graceful close: as a crashed peer or a cut link looks. */
 		setsockopt(d->c.fd, SOL_SOCKET, SO_LINGER, &(struct linger){ 1, 0 },
 			   sizeof(struct linger));
@@ -273,10 +282,34 @@ static int serve_one(int fd, const struct dm_dest_opts *o, uint64_t drop_after)
 	return err ? err : last;
 }
 
+int dm_dest_serve_fd(int fd, const struct dm_dest_opts *o)
+{
+	return serve_one(fd, o, o->drop);
+}
+
+int dm_dest_parse_drop(const char *s, struct dm_dest_opts *o)
+{
+	char *end;
+
+	if (!strcmp(s, "final")) {
+		o->drop = DM_DROP_FINAL;
+		return 0;
+	}
+	if (!strncmp(s, "pages:", 6) || !strncmp(s, "round:", 6)) {
+		errno = 0;
+		o->drop_arg = strtoull(s + 6, &end, 10);
+		if (errno || end == s + 6 || *end || (s[0] == 'p' && !o->drop_arg))
+			return -EINVAL;
+		o->drop = s[0] == 'p' ? DM_DROP_PAGES : DM_DROP_ROUND;
+		return 0;
+	}
+	return -EINVAL;
+}
+
 int dm_dest_serve(int lfd, const struct dm_dest_opts *o)
 {
+	enum dm_drop drop = o->drop;	/* the first session only */
 	unsigned int done = 0;
-	uint64_t drop_after = o->drop_after_pages;	/* the first session only */
 	int bad = 0;
 
 	for (;;) {
@@ -286,9 +319,9 @@ int dm_dest_serve(int lfd, const struct dm_dest_opts *o)
 			fprintf(stderr, "dirtymig dest: accept: %s\n", strerror(-err));
 			return 1;
 		}
-		rc = serve_one(fd, o, drop_after);
+		rc = serve_one(fd, o, drop);
 		if (rc == 2) {
-			drop_after = 0;
+			drop = DM_DROP_NONE;
 			continue;
 		}
 		if (rc < 0) {
