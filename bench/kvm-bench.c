@@ -2,9 +2,10 @@
 /*
  * kvm-bench.c - the KVM adapter's harvest cost per round against the raw
  * ioctls a VMM would issue without libdirty, on a real VM, in one run.
- * Owns the adapter's target, adapter/raw <= 1.10 in each mode; reports it
- * and never fails on it. Exit 1 only if a side reports other pages than
- * the guest wrote, or on an error.
+ * Owns the adapter's targets (issue 16), in each mode: adapter/raw <= 1.10
+ * from 4096 pages per round on, and at most 10 us more than raw at 64
+ * pages; reports them and never fails on them. Exit 1 only if a side
+ * reports other pages than the guest wrote, or on an error.
  *
  * Reproduce:  make build/bin/kvm-bench && build/bin/kvm-bench [--json]
  *             build/bin/kvm-bench --quick      (smoke test, about a second)
@@ -324,7 +325,8 @@ static void usage(FILE *f)
 "  --mem-mib N  guest RAM in MiB, 64..3072 (default 1024)\n"
 "  --quick      256 MiB, N = 64 and 512, 3 reps unless given\n\n"
 "Columns: pages each side reported (N + the writing vCPU's command block\n"
-"and stack); raw us; adapter us = sync us + drain us; adapter/raw. Exit 77\n"
+"and stack); raw us; adapter us = sync us + drain us; adapter/raw. Targets:\n"
+"adapter/raw <= 1.10 at 4096 pages, adapter - raw <= 10 us at 64. Exit 77\n"
 "if /dev/kvm is unusable (a mode lacking its capability is skipped), 1 on\n"
 "a wrong page set or an error, 2 on a usage error.\n", f);
 }
@@ -332,8 +334,8 @@ static void usage(FILE *f)
 /* The number in s if it lies in [lo, hi], else 0. */
 int main(int argc, char **argv)
 {
-	double worst[3] = { 0 };
-	uint32_t worst_n[3] = { 0 };
+	double big[3] = { 0 }, small_us[3] = { 0 };
+	bool have_big[3] = { false }, have_small[3] = { false };
 	bool json = false, quick = false;
 	long mib = 0, reps = 0;
 	double nmib = 0, nreps = 0;
@@ -384,8 +386,10 @@ int main(int argc, char **argv)
 				rc = 1;
 			} else if (json) {
 				printf("{\"mode\":\"%s\",\"pages_per_round\":%u,\"raw_us\":%.2f,"
-				       "\"adapter_us\":%.2f,\"ratio\":%.3f}\n", dirty_kvm_mode_name(modes[m]),
-				       x->n, x->raw_us, x->ad_us, x->ad_us / x->raw_us);
+				       "\"adapter_us\":%.2f,\"sync_us\":%.2f,\"drain_us\":%.2f,"
+				       "\"delta_us\":%.2f,\"ratio\":%.3f}\n", dirty_kvm_mode_name(modes[m]),
+				       x->n, x->raw_us, x->ad_us, x->sync_us, x->drain_us,
+				       x->ad_us - x->raw_us, x->ad_us / x->raw_us);
 			} else {
 				printf("%-10s %5u %9llu/%-5llu %9.1f %11.1f %9.1f %9.1f %6.2fx\n",
 				       dirty_kvm_mode_name(modes[m]), x->n,
@@ -394,9 +398,13 @@ int main(int argc, char **argv)
 				       x->sync_us, x->drain_us, x->ad_us / x->raw_us);
 			}
 			fflush(stdout);
-			if (!rc && x->ad_us / x->raw_us > worst[m]) {
-				worst[m] = x->ad_us / x->raw_us;
-				worst_n[m] = x->n;
+			if (!rc && x->n >= MAX_N && x->ad_us / x->raw_us > big[m]) {
+				big[m] = x->ad_us / x->raw_us;
+				have_big[m] = true;
+			}
+			if (!rc && x->n == sizes[0]) {
+				small_us[m] = x->ad_us - x->raw_us;
+				have_small[m] = true;
 			}
 		}
 		if (r)
@@ -404,12 +412,15 @@ int main(int argc, char **argv)
 		free(r);
 	}
 	for (int m = 0, first = 1; m < 3 && !json && !rc; m++) {
-		if (!worst_n[m])
-			continue;
-		printf("%starget adapter/raw <= 1.10 (%s, worst at N=%u): %.2fx \u2014 %s\n",
-		       first ? "\n" : "", dirty_kvm_mode_name(modes[m]), worst_n[m], worst[m],
-		       worst[m] <= 1.10 ? "met" : "not met");
-		first = 0;
+		if (have_big[m])
+			printf("%starget adapter/raw <= 1.10 at %u pages (%s): %.2fx \u2014 %s\n",
+			       first ? "\n" : "", MAX_N, dirty_kvm_mode_name(modes[m]), big[m],
+			       big[m] <= 1.10 ? "met" : "not met");
+		if (have_small[m])
+			printf("%starget adapter - raw <= +10 us at %u pages (%s): %+.1f us \u2014 %s\n",
+			       first && !have_big[m] ? "\n" : "", sizes[0], dirty_kvm_mode_name(modes[m]),
+			       small_us[m], small_us[m] <= 10 ? "met" : "not met");
+		first = first && !have_big[m] && !have_small[m];
 	}
 	free(t);
 	return rc;

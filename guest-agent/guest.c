@@ -581,6 +581,16 @@ GUEST_API int dirty_guest_agent_start(struct dirty_guest *g,
 	return 0;
 }
 
+GUEST_API int dirty_guest_agent_stop(struct dirty_guest *g)
+{
+	if (!g->agent_running)
+		return __dirty_guest_err(-EINVAL, "dirty_guest_agent_stop: no agent thread runs");
+	atomic_store(&g->agent_stop, true);
+	pthread_join(g->agent, NULL);
+	g->agent_running = false;
+	return 0;
+}
+
 GUEST_API int dirty_guest_info(struct dirty_guest *g,
 			       struct dirty_guest_info *info)
 {

@@ -54,6 +54,7 @@ struct dirty_gp {
 	enum dirty_gp_state state;
 	char reason[160];
 	char waiting[64];	/* waiting_on()'s words */
+	char loss_reason[160];	/* why trust was last lost */
 	uint64_t gen;		/* the host's tracking generation */
 	bool tracking;
 	double track_time;	/* tracking last turned on */

@@ -129,7 +129,20 @@ static void lose(struct dirty_gp *gp)
 	__gp_raise_gen(gp);
 }
 
+static enum dirty_gp_state judge(struct dirty_gp *gp);
+
+/* The judgement, remembering why trust was last lost (the state moves on). */
 enum dirty_gp_state __gp_judge(struct dirty_gp *gp)
+{
+	uint64_t lost = gp->trust_lost;
+	enum dirty_gp_state st = judge(gp);
+
+	if (gp->trust_lost != lost)
+		snprintf(gp->loss_reason, sizeof(gp->loss_reason), "%s", gp->reason);
+	return st;
+}
+
+static enum dirty_gp_state judge(struct dirty_gp *gp)
 {
 	double now = __dirty_now(), since;
 	uint64_t hb;
@@ -292,6 +305,7 @@ DIRTY_API int dirty_gp_health(struct dirty_gp *gp, struct dirty_gp_health *h)
 	h->generation = gp->gen;
 	h->trust_gained = gp->trust_gained;
 	h->trust_lost = gp->trust_lost;
+	snprintf(h->last_loss, sizeof(h->last_loss), "%s", gp->loss_reason);
 	pthread_mutex_unlock(&gp->lock);
 	h->acked_generation = LDA(&gp->hdr->guest.ack_gen);
 	h->guest_state = LDA(&gp->hdr->guest.state);

@@ -26,6 +26,7 @@
 
 #include "compat.h"
 #include "core.h"
+#include "fault.h"
 #include "libdirty/kvm.h"
 
 #define KVM_PAGE 4096ull
@@ -33,8 +34,18 @@
 struct kslot {
 	uint32_t slot;
 	uint64_t gpa, size, npages;
-	uint64_t *bitmap;	/* KVM_GET_DIRTY_LOG buffer */
+	/* KVM_GET_DIRTY_LOG buffer; ring mode: one harvest's entries as bits */
+	uint64_t *bitmap;
 	uint64_t *pending;	/* clear-log: reported, not yet re-protected */
+	/*
+	 * Clear-log: bit w set when clear window w (kvm->chunk pages) holds
+	 * pending pages. Ring mode: bit c set when 4096-page chunk c has
+	 * bits in `bitmap`. `touched` counts the set bits, so a slot with
+	 * none costs nothing to skip. Like every field here, read and
+	 * written under kvm->lock only.
+	 */
+	uint64_t *marks;
+	uint64_t touched;
 };
 
 struct kring {
@@ -58,8 +69,6 @@ struct dirty_kvm {
 	size_t nrings;
 	bool tracking;
 	bool reset_pending;	/* a KVM_RESET_DIRTY_RINGS failed: retry it */
-	struct dirty_range *scratch;	/* ring pages of one harvest */
-	size_t nscratch, cscratch;
 	pthread_t reaper;
 	bool reaper_on;
 	_Atomic bool reaper_stop;
@@ -162,30 +171,44 @@ static struct kslot *find_slot(struct dirty_kvm *kvm, uint32_t slot)
 	return NULL;
 }
 
-static int grow_scratch(struct dirty_kvm *kvm)
-{
-	size_t c = kvm->cscratch ? kvm->cscratch * 2 : 1024;
-	struct dirty_range *n = realloc(kvm->scratch, c * sizeof(*n));
-
-	if (!n)
-		return __dirty_err(-ENOMEM, "ring harvest: out of memory for %zu entries", c);
-	kvm->scratch = n;
-	kvm->cscratch = c;
-	return 0;
-}
-
 static uint64_t bitmap_words(const struct kslot *s)
 {
 	return (s->npages + 63) / 64;
 }
 
-/* KVM_GET_DIRTY_LOG into s->bitmap. */
+/* Pages per ring-mode chunk: the view's chunk, so a merge is word-wise. */
+#define RING_CHUNK 4096u
+
+/* Words of s->marks: clear windows (clear-log) or ring chunks (ring). */
+static uint64_t marks_words(const struct dirty_kvm *kvm, const struct kslot *s)
+{
+	uint64_t unit = kvm->mode == DIRTY_KVM_RING ? RING_CHUNK : kvm->chunk;
+
+	return ((s->npages + unit - 1) / unit + 63) / 64;
+}
+
+/* The harvest's VM ioctls, through the reliability tests' fault site. */
+static int vm_ioctl(struct dirty_kvm *kvm, unsigned long req, void *arg)
+{
+	int injected = DIRTY_FAULT("kvm.ioctl");
+
+	if (injected) {
+		errno = -injected;
+		return -1;
+	}
+	return ioctl(kvm->vm_fd, req, arg);
+}
+
+/*
+ * KVM_GET_DIRTY_LOG into s->bitmap. No need to zero it first: KVM copies
+ * the slot's whole bitmap out (kvm_get_dirty_log_protect(), both with
+ * and without manual protect), every word of it.
+ */
 static int get_log(struct dirty_kvm *kvm, struct kslot *s)
 {
 	struct kvm_dirty_log log = { .slot = s->slot, .dirty_bitmap = s->bitmap };
 
-	memset(s->bitmap, 0, bitmap_words(s) * 8);	/* the caller zeroes it */
-	if (ioctl(kvm->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0)
+	if (vm_ioctl(kvm, KVM_GET_DIRTY_LOG, &log) < 0)
 		return __dirty_err(-errno, "KVM_GET_DIRTY_LOG on slot %#x failed: %s",
 				   s->slot, strerror(errno));
 	return 0;
@@ -206,9 +229,15 @@ static int sync_logs(struct dirty_kvm *kvm)
 			 * remember it until a claim re-protects it
 			 * (kvm_prepare_read).
 			 */
+			uint64_t wpw = kvm->chunk / 64;	/* words per clear window */
+
 			for (uint64_t w = 0; w < bitmap_words(s); w++) {
 				uint64_t fresh = s->bitmap[w] & ~s->pending[w];
 
+				if (s->bitmap[w] && !(s->marks[w / wpw / 64] & 1ull << (w / wpw % 64))) {
+					s->marks[w / wpw / 64] |= 1ull << (w / wpw % 64);
+					s->touched++;
+				}
 				s->pending[w] |= s->bitmap[w];
 				s->bitmap[w] = fresh;
 			}
@@ -222,38 +251,34 @@ static int sync_logs(struct dirty_kvm *kvm)
 }
 
 /*
- * Ring r: collect every harvested entry into kvm->scratch (joining
- * repeats: KVM pushes an entry per logged write) and hand it back.
- * Called with kvm->lock.
+ * Ring r: every harvested entry becomes a bit of its slot's bitmap (KVM
+ * pushes an entry per logged write: repeats fold into the bit), its
+ * chunk noted in s->marks, and the entry is handed back. Called with
+ * kvm->lock.
  */
-static int harvest_ring(struct dirty_kvm *kvm, struct kring *r, uint64_t *n)
+static void harvest_ring(struct dirty_kvm *kvm, struct kring *r, uint64_t *n)
 {
-	int err = 0;
+	struct kslot *s = NULL;
 
 	pthread_mutex_lock(&r->lock);
 	for (;;) {
 		struct kvm_dirty_gfn *e = &r->gfns[r->next & (r->nentries - 1)];
 		/* Acquire: slot and offset are valid once DIRTY is seen. */
 		uint32_t flags = __atomic_load_n(&e->flags, __ATOMIC_ACQUIRE);
-		struct dirty_range *last = kvm->nscratch ?
-			&kvm->scratch[kvm->nscratch - 1] : NULL;
-		struct kslot *s;
+		uint64_t off;
 
 		if (!(flags & KVM_DIRTY_GFN_F_DIRTY))
 			break;
-		s = find_slot(kvm, e->slot);
-		if (s && e->offset < s->npages) {
-			uint64_t gpa = s->gpa + e->offset * KVM_PAGE;
+		if (!s || s->slot != e->slot)
+			s = find_slot(kvm, e->slot);
+		off = e->offset;
+		if (s && off < s->npages && !(s->bitmap[off / 64] & 1ull << (off % 64))) {
+			uint64_t c = off / RING_CHUNK;
 
-			if (last && gpa >= last->gpa && gpa <= last->gpa + last->len) {
-				if (gpa == last->gpa + last->len)
-					last->len += KVM_PAGE;
-			} else if (kvm->nscratch < kvm->cscratch ||
-				   !(err = grow_scratch(kvm))) {
-				kvm->scratch[kvm->nscratch].gpa = gpa;
-				kvm->scratch[kvm->nscratch++].len = KVM_PAGE;
-			} else {
-				break;	/* out of memory: the caller marks everything */
+			s->bitmap[off / 64] |= 1ull << (off % 64);
+			if (!(s->marks[c / 64] & 1ull << (c % 64))) {
+				s->marks[c / 64] |= 1ull << (c % 64);
+				s->touched++;
 			}
 		}
 		/* Release: KVM may reuse the entry only after we read it. */
@@ -262,6 +287,38 @@ static int harvest_ring(struct dirty_kvm *kvm, struct kring *r, uint64_t *n)
 		(*n)++;
 	}
 	pthread_mutex_unlock(&r->lock);
+}
+
+/*
+ * Hand slot s's harvested bits to the view: each span of consecutive
+ * touched chunks is one word-wise merge (one batch of atomics, a level-0
+ * word once however many entries hit it), then zeroed for the next
+ * harvest. O(touched chunks + slot pages / 2^18).
+ */
+static int merge_ring_bits(struct dirty_kvm *kvm, struct kslot *s)
+{
+	uint64_t nchunks = (s->npages + RING_CHUNK - 1) / RING_CHUNK;
+	int err = 0;
+
+	for (uint64_t q = 0; s->touched && q < marks_words(kvm, s); q++) {
+		while (s->marks[q]) {
+			uint64_t c0 = q * 64 + (uint64_t)__builtin_ctzll(s->marks[q]), c1 = c0;
+			uint64_t p0, p1;
+
+			/* The span: c0 and every touched chunk right after it. */
+			while (c1 < nchunks && s->marks[c1 / 64] & 1ull << (c1 % 64)) {
+				s->marks[c1 / 64] &= ~(1ull << (c1 % 64));
+				s->touched--;
+				c1++;
+			}
+			p0 = c0 * RING_CHUNK;
+			p1 = c1 * RING_CHUNK < s->npages ? c1 * RING_CHUNK : s->npages;
+			if (!err)
+				err = dirty_source_merge_bitmap(kvm->src, s->gpa + p0 * KVM_PAGE,
+								KVM_PAGE, &s->bitmap[p0 / 64], p1 - p0);
+			memset(&s->bitmap[p0 / 64], 0, (p1 - p0 + 63) / 64 * 8);
+		}
+	}
 	return err;
 }
 
@@ -277,21 +334,22 @@ static int harvest_rings(struct dirty_kvm *kvm)
 	uint64_t n = 0;
 	int err = 0;
 
-	kvm->nscratch = 0;
-	for (size_t i = 0; i < kvm->nrings && !err; i++)
-		err = harvest_ring(kvm, kvm->rings[i], &n);
+	for (size_t i = 0; i < kvm->nrings; i++)
+		harvest_ring(kvm, kvm->rings[i], &n);
 	if (n || kvm->reset_pending) {
-		if (ioctl(kvm->vm_fd, KVM_RESET_DIRTY_RINGS) < 0) {
+		if (vm_ioctl(kvm, KVM_RESET_DIRTY_RINGS, NULL) < 0) {
 			kvm->reset_pending = true;
-			if (!err)
-				err = __dirty_err(-errno, "KVM_RESET_DIRTY_RINGS failed: %s",
-						  strerror(errno));
+			err = __dirty_err(-errno, "KVM_RESET_DIRTY_RINGS failed: %s",
+					  strerror(errno));
 		} else {
 			kvm->reset_pending = false;
 		}
 	}
-	if (kvm->nscratch)
-		dirty_source_mark_ranges(kvm->src, kvm->scratch, kvm->nscratch);
+	for (size_t i = 0; i < kvm->nslots; i++) {
+		int e = merge_ring_bits(kvm, &kvm->slots[i]);
+
+		err = err ? err : e;
+	}
 	return err;
 }
 
@@ -355,6 +413,7 @@ static void free_slot(struct kslot *s)
 {
 	free(s->bitmap);
 	free(s->pending);
+	free(s->marks);
 }
 
 static void kvm_destroy(struct dirty_source *src)
@@ -371,7 +430,6 @@ static void kvm_destroy(struct dirty_source *src)
 		free(kvm->rings[i]);
 	}
 	free(kvm->rings);
-	free(kvm->scratch);
 	pthread_mutex_destroy(&kvm->lock);
 	free(kvm);
 }
@@ -461,7 +519,8 @@ DIRTY_API int dirty_kvm_add_slot(struct dirty_kvm *kvm, uint32_t slot,
 	s.npages = size / KVM_PAGE;
 	s.bitmap = calloc(bitmap_words(&s), 8);
 	s.pending = calloc(bitmap_words(&s), 8);
-	if (!s.bitmap || !s.pending) {
+	s.marks = calloc(marks_words(kvm, &s), 8);
+	if (!s.bitmap || !s.pending || !s.marks) {
 		free_slot(&s);
 		return __dirty_err(-ENOMEM, "dirty_kvm_add_slot: out of memory");
 	}
@@ -621,7 +680,7 @@ static int clear_range(struct dirty_kvm *kvm, struct kslot *s, uint64_t first,
 		any |= s->pending[w];
 	if (!any)
 		return 0;
-	if (ioctl(kvm->vm_fd, KVM_CLEAR_DIRTY_LOG, &c) < 0)
+	if (vm_ioctl(kvm, KVM_CLEAR_DIRTY_LOG, &c) < 0)
 		err = __dirty_err(-errno, "KVM_CLEAR_DIRTY_LOG on slot %#x pages [%llu, +%llu) failed: %s",
 				  s->slot, (unsigned long long)first,
 				  (unsigned long long)n, strerror(errno));
@@ -629,9 +688,22 @@ static int clear_range(struct dirty_kvm *kvm, struct kslot *s, uint64_t first,
 	return err;
 }
 
+/* Re-protect the pending pages of clear window w of s. Called with kvm->lock. */
+static int clear_window(struct dirty_kvm *kvm, struct kslot *s, uint64_t w)
+{
+	uint64_t first = w * kvm->chunk;
+
+	if (s->marks[w / 64] & 1ull << (w % 64)) {
+		s->marks[w / 64] &= ~(1ull << (w % 64));
+		s->touched--;
+	}
+	return clear_range(kvm, s, first, s->npages - first < kvm->chunk ?
+			   s->npages - first : kvm->chunk);
+}
+
 /*
- * Re-protect pages [first, last) of s (64-page aligned, or to the slot's
- * end), chunk by chunk. Called with kvm->lock.
+ * Re-protect pages [first, last) of s (window aligned, or to the slot's
+ * end), window by window. Called with kvm->lock.
  */
 static int clear_span(struct dirty_kvm *kvm, struct kslot *s, uint64_t first,
 		      uint64_t last)
@@ -639,58 +711,44 @@ static int clear_span(struct dirty_kvm *kvm, struct kslot *s, uint64_t first,
 	int err = 0;
 
 	for (uint64_t p = first; p < last && !err; p += kvm->chunk)
-		err = clear_range(kvm, s, p, last - p < kvm->chunk ? last - p : kvm->chunk);
+		err = clear_window(kvm, s, p / kvm->chunk);
 	return err;
 }
 
 /*
- * Windows closer than this many pages are cleared in one span: scanning
- * the pending words between them costs less than another ioctl.
- */
-#define CLEAR_JOIN_PAGES 4096u
-
-/*
- * Re-protect every page of runs[0 .. n) in clear-log mode, joining nearby
- * runs of one slot into one clear. KVM clears in 64-page units, so each
- * run is widened outward to them; that is safe because only *pending*
- * pages are cleared, and a pending page was reported and not yet read
- * since: it is still dirty in the view, or claimed and read after this
- * clear. Called with kvm->lock.
+ * Re-protect every page of runs[0 .. n) in clear-log mode: each run's
+ * clear window (kvm->chunk pages, 1 GiB by default, QEMU's unit) that
+ * still holds pending pages is cleared whole, in one KVM_CLEAR_DIRTY_LOG,
+ * the first time a claim hands out a page of it; later batches of the
+ * round find it clear and cost no ioctl. That is safe because only
+ * *pending* pages are cleared, and a pending page was reported and not
+ * yet read since: it is still dirty in the view (read after this clear)
+ * or claimed by a batch whose own prepare_read, after this one under
+ * kvm->lock, finds it already re-protected. A page logged but not yet
+ * reported is never cleared. Called with kvm->lock.
  */
 static int clear_runs(struct dirty_kvm *kvm, const struct dirty_run *runs, size_t n)
 {
-	struct kslot *cur = NULL;
-	uint64_t cfirst = 0, clast = 0;
 	int err = 0;
 
 	for (size_t i = 0; i < n && !err; i++) {
 		for (size_t k = 0; k < kvm->nslots && !err; k++) {
 			struct kslot *s = &kvm->slots[k];
-			uint64_t a, e, first, last;
+			uint64_t a, e;
 
-			if (runs[i].gpa >= s->gpa + s->size || runs[i].gpa + runs[i].len <= s->gpa)
+			/* Every window of the slot re-protected: the round's later batches. */
+			if (!s->touched || runs[i].gpa >= s->gpa + s->size ||
+			    runs[i].gpa + runs[i].len <= s->gpa)
 				continue;
 			a = runs[i].gpa > s->gpa ? runs[i].gpa : s->gpa;
 			e = runs[i].gpa + runs[i].len < s->gpa + s->size ?
 				runs[i].gpa + runs[i].len : s->gpa + s->size;
-			first = ((a - s->gpa) / KVM_PAGE) & ~63ull;
-			last = ((e - s->gpa + KVM_PAGE - 1) / KVM_PAGE + 63) & ~63ull;
-			if (last > s->npages)
-				last = s->npages;
-			if (cur == s && first <= clast + CLEAR_JOIN_PAGES && last >= cfirst) {
-				cfirst = first < cfirst ? first : cfirst;
-				clast = last > clast ? last : clast;
-				continue;
-			}
-			if (cur)
-				err = clear_span(kvm, cur, cfirst, clast);
-			cur = s;
-			cfirst = first;
-			clast = last;
+			for (uint64_t w = (a - s->gpa) / KVM_PAGE / kvm->chunk;
+			     w <= (e - s->gpa - 1) / KVM_PAGE / kvm->chunk && !err; w++)
+				if (s->marks[w / 64] & 1ull << (w % 64))
+					err = clear_window(kvm, s, w);
 		}
 	}
-	if (cur && !err)
-		err = clear_span(kvm, cur, cfirst, clast);
 	if (err)
 		mark_all_slots(kvm);
 	return err;

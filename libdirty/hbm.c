@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * hbm.c - the hierarchical atomic bitmap (see hbm.h for the layout and
- * the ordering argument). Owns the bitmap words; knows nothing of
- * regions, sources or addresses.
+ * the ordering argument): its memory, the claim side (finding, taking
+ * and claiming groups and chunks, lazy clears) and counting. Marking is
+ * hbm_mark.c's, a claimer's prefetching hbm_ahead.c's. Owns the bitmap
+ * words; knows nothing of regions, sources or addresses.
  *
  * The race this file is built around: a marker sets a level-0 bit and
  * then walks up, setting each summary bit it finds clear; a claimer walks
@@ -17,17 +19,35 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "hbm.h"
+#include "hbm_ops.h"
 
-#define LD(p) atomic_load(p)
-#define OR(p, v) atomic_fetch_or((p), (v))
-#define AND(p, v) atomic_fetch_and((p), (v))
-#define XCHG(p, v) atomic_exchange((p), (v))
-
-static inline uint64_t bit(uint64_t i)
+/*
+ * Anonymous memory reserved, not committed: a terabyte region costs
+ * nothing until it is dirtied. align > page size: the start is aligned to
+ * it and the range may use transparent huge pages.
+ */
+static void *reserve(size_t len, size_t align)
 {
-	return 1ull << (i & 63);
+	size_t over = align > 4096 ? align : 0;
+	char *p = mmap(NULL, len + over, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	uintptr_t a;
+
+	if (p == MAP_FAILED)
+		return NULL;
+	if (!over)
+		return p;
+	a = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
+	if (a > (uintptr_t)p)
+		munmap(p, a - (uintptr_t)p);
+	if ((uintptr_t)p + over > a)
+		munmap((char *)a + len, (uintptr_t)p + over - a);
+	/* Advice only: without THP the summaries still work, on small pages. */
+	madvise((void *)a, len, MADV_HUGEPAGE);
+	return (void *)a;
 }
+
+#define HUGE_PAGE (2u << 20)
 
 int hbm_init(struct hbm *h, uint64_t npages)
 {
@@ -48,24 +68,32 @@ int hbm_init(struct hbm *h, uint64_t npages)
 	}
 	h->nlevels = k + 1;
 	h->nchunks = h->nwords[1];
-	for (k = 0; k < h->nlevels; k++) {
+	/*
+	 * Level 0 on small pages: a sparse dirty set touches one page of it
+	 * per dirty page, so its footprint follows the dirty set. The rest
+	 * (1/64 of level 0, every dirty page passes through it) on huge
+	 * pages once it spans one: at terabyte sizes each summary access
+	 * would otherwise miss the TLB.
+	 */
+	for (k = 1; k < h->nlevels; k++) {
 		off[k] = total;
 		/* A cache line per level start keeps levels from sharing lines. */
 		total += (h->nwords[k] * 8 + 63) & ~(size_t)63;
 	}
 	off[h->nlevels] = total;
 	total += (h->nwords[2] * 8 + 63) & ~(size_t)63;
-	/* MAP_NORESERVE: a terabyte region costs nothing until it is dirtied. */
-	h->mem = mmap(NULL, total, PROT_READ | PROT_WRITE,
-		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (h->mem == MAP_FAILED) {
-		h->mem = NULL;
+	h->mem_len = (h->nwords[0] * 8 + 4095) & ~(size_t)4095;
+	h->sum_len = total;
+	h->mem = reserve(h->mem_len, 4096);
+	h->sum_mem = reserve(h->sum_len, total >= HUGE_PAGE ? HUGE_PAGE : 4096);
+	if (!h->mem || !h->sum_mem) {
+		hbm_destroy(h);
 		return -ENOMEM;
 	}
-	h->mem_len = total;
-	for (k = 0; k < h->nlevels; k++)
-		h->lv[k] = (_Atomic uint64_t *)((char *)h->mem + off[k]);
-	h->full = (_Atomic uint64_t *)((char *)h->mem + off[h->nlevels]);
+	h->lv[0] = (_Atomic uint64_t *)h->mem;
+	for (k = 1; k < h->nlevels; k++)
+		h->lv[k] = (_Atomic uint64_t *)((char *)h->sum_mem + off[k]);
+	h->full = (_Atomic uint64_t *)((char *)h->sum_mem + off[h->nlevels]);
 	return 0;
 }
 
@@ -73,6 +101,8 @@ void hbm_destroy(struct hbm *h)
 {
 	if (h->mem)
 		munmap(h->mem, h->mem_len);
+	if (h->sum_mem)
+		munmap(h->sum_mem, h->sum_len);
 	memset(h, 0, sizeof(*h));
 }
 
@@ -113,117 +143,24 @@ void hbm_lazy_clear(struct hbm *h, unsigned int k, uint64_t i)
 	}
 }
 
-uint64_t hbm_or_chunk(struct hbm *h, uint64_t c, const uint64_t *words,
-		      unsigned int nwords)
+void hbm_lazy_clear_mask(struct hbm *h, unsigned int k, uint64_t w, uint64_t mask)
 {
-	_Atomic uint64_t *l0 = &h->lv[0][c * HBM_CHUNK_WORDS];
-	_Atomic uint64_t *l1 = &h->lv[1][c];
-	uint64_t sum = 0, n = 0;
-	unsigned int j;
+	for (; k < h->nlevels && mask; k++) {
+		_Atomic uint64_t *p = &h->lv[k][w];
+		uint64_t old = AND(p, ~mask), back = 0;
 
-	for (j = 0; j < nwords; j++) {
-		uint64_t v = words[j];
-
-		if (!v)
-			continue;
-		/*
-		 * Always the RMW, even when the bits look set: it is the
-		 * release the claimer's exchange acquires, so the page
-		 * contents written before this mark are what it then reads.
-		 * A load that finds the bit set publishes nothing, and the
-		 * claimer could take the old bit and read the old contents.
-		 */
-		OR(&l0[j], v);
-		sum |= bit(j);
-		n += hbm_popcount(v);
-	}
-	if (!sum)
-		return 0;
-	if ((LD(l1) & sum) != sum)
-		OR(l1, sum);
-	propagate(h, 2, c);
-	return n;
-}
-
-/* Mark chunks [c, c + n) full: O(n / 64) atomics. */
-static void mark_full(struct hbm *h, uint64_t c, uint64_t n)
-{
-	while (n) {
-		uint64_t g = c >> 6, s = c & 63;
-		uint64_t cnt = n < 64 - s ? n : 64 - s;
-		uint64_t m = (cnt == 64 ? ~0ull : ((1ull << cnt) - 1)) << s;
-
-		OR(&h->full[g], m);	/* always: the release, as in hbm_or_chunk() */
-		if ((LD(&h->lv[2][g]) & m) != m)
-			OR(&h->lv[2][g], m);
-		propagate(h, 3, g);
-		c += cnt;
-		n -= cnt;
-	}
-}
-
-/* OR bits into level-0 word w: the common single-page mark. */
-static void or_word(struct hbm *h, uint64_t w, uint64_t bits)
-{
-	_Atomic uint64_t *l1 = &h->lv[1][w >> 6];
-
-	OR(&h->lv[0][w], bits);	/* always: the release, as in hbm_or_chunk() */
-	if (!(LD(l1) & bit(w)))
-		OR(l1, bit(w));
-	propagate(h, 2, w >> 6);
-}
-
-/* Pages [first, first + count) all inside chunk c. */
-static void mark_in_chunk(struct hbm *h, uint64_t c, uint64_t first,
-			  uint64_t count)
-{
-	uint64_t words[HBM_CHUNK_WORDS];
-	uint64_t p = first - c * HBM_CHUNK_PAGES, end = p + count;
-	unsigned int lo = (unsigned int)(p >> 6);
-	unsigned int hi = (unsigned int)((end - 1) >> 6) + 1;
-
-	if (hi - lo == 1) {
-		or_word(h, c * HBM_CHUNK_WORDS + lo,
-			(count == 64 ? ~0ull : ((1ull << count) - 1)) << (p & 63));
-		return;
-	}
-	memset(words, 0, hi * sizeof(words[0]));
-
-	while (p < end) {
-		uint64_t s = p & 63, n = end - p < 64 - s ? end - p : 64 - s;
-
-		words[p >> 6] |= (n == 64 ? ~0ull : ((1ull << n) - 1)) << s;
-		p += n;
-	}
-	hbm_or_chunk(h, c, words, hi);
-}
-
-void hbm_mark(struct hbm *h, uint64_t first, uint64_t count)
-{
-	uint64_t end;
-
-	if (first >= h->npages || count == 0)
-		return;
-	if (count > h->npages - first)
-		count = h->npages - first;
-	end = first + count;
-	while (first < end) {
-		uint64_t c = first / HBM_CHUNK_PAGES;
-		uint64_t cend = c * HBM_CHUNK_PAGES + hbm_chunk_pages(h, c);
-
-		if (first == c * HBM_CHUNK_PAGES && end >= cend) {
-			uint64_t n = 1;
-
-			while (c + n < h->nchunks &&
-			       (c + n) * HBM_CHUNK_PAGES + hbm_chunk_pages(h, c + n) <= end)
-				n++;
-			mark_full(h, c, n);
-			first = c * HBM_CHUNK_PAGES + (n - 1) * HBM_CHUNK_PAGES +
-				hbm_chunk_pages(h, c + n - 1);
-			continue;
+		/* A marker raced with us and may have seen its bit set. */
+		for (uint64_t m = mask; m; m &= m - 1)
+			if (below_nonzero(h, k, (w << 6) + (uint64_t)__builtin_ctzll(m)))
+				back |= m & -m;
+		if (back) {
+			OR(p, back);
+			return;
 		}
-		mark_in_chunk(h, c, first, (end < cend ? end : cend) - first);
-		first = end < cend ? end : cend;
+		if (old & ~mask)
+			return;
+		mask = bit(w);
+		w >>= 6;
 	}
 }
 
@@ -285,6 +222,13 @@ uint64_t hbm_take_full(struct hbm *h, uint64_t g, uint64_t chunks)
 	if (!chunks || !(LD(&h->full[g]) & chunks))
 		return 0;
 	return AND(&h->full[g], ~chunks) & chunks;
+}
+
+void hbm_take_group_deferred(struct hbm *h, uint64_t g, uint64_t *chunks,
+			     uint64_t *full)
+{
+	*chunks = hbm_take_chunks(h, g);
+	*full = hbm_take_full(h, g, *chunks);
 }
 
 void hbm_take_group(struct hbm *h, uint64_t g, uint64_t *chunks,

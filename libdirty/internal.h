@@ -115,6 +115,8 @@ struct dirty_view {
 	uint64_t syncs;
 	double last_sync_time;
 	_Atomic uint64_t pages_outside;	/* relaxed: statistics only */
+	/* Cursors created so far; relaxed: it only spreads their start points. */
+	_Atomic uint64_t cursors;
 };
 
 static inline bool __dirty_is_pow2(uint64_t v)
@@ -140,6 +142,13 @@ void __dirty_count_outside(struct dirty_view *view, uint64_t bytes);
  */
 uint64_t __dirty_mark_in(struct dirty_view *view, const struct region_table *t,
 			 uint64_t gpa, uint64_t len);
+/*
+ * Mark a batch of ranges, each page's bits gathered into word masks
+ * before any atomic operation (mark.c); the same pages as
+ * __dirty_mark_in() on each range, in one pass.
+ */
+uint64_t __dirty_mark_ranges_in(struct dirty_view *view, const struct region_table *t,
+				const struct dirty_range *ranges, size_t n);
 uint64_t __dirty_merge_in(struct dirty_view *view, const struct region_table *t,
 			  uint64_t gpa, uint64_t page_size, const void *bitmap,
 			  uint64_t nbits);

@@ -164,8 +164,7 @@ DIRTY_API int dirty_source_mark_ranges(struct dirty_source *src,
 		for (size_t i = 0; i < n; i++)
 			total += __dirty_cover_mark(src, t, ranges[i].gpa, ranges[i].len);
 	else
-		for (size_t i = 0; i < n; i++)
-			total += __dirty_mark_in(view, t, ranges[i].gpa, ranges[i].len);
+		total = __dirty_mark_ranges_in(view, t, ranges, n);	/* batched into word masks */
 	__dirty_rcu_unlock();
 	atomic_fetch_add_explicit(&src->marked, total, memory_order_relaxed);
 	return 0;

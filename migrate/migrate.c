@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "core.h"
+#include "fault.h"
 #include "libdirty/migrate.h"
 
 /* Runs sent since the destination's last acknowledgement. */
@@ -23,6 +24,10 @@ struct unacked {
 
 static int unacked_add(struct unacked *u, uint64_t gpa, uint64_t len)
 {
+	int injected = DIRTY_FAULT("claim.alloc");	/* the host out of memory mid-batch */
+
+	if (injected)
+		return __dirty_err(injected, "migration: out of memory for the unacknowledged list");
 	if (u->n && u->r[u->n - 1].gpa + u->r[u->n - 1].len == gpa) {
 		u->r[u->n - 1].len += len;
 		return 0;
@@ -52,12 +57,24 @@ struct mig {
 	struct dirty_migrate_result *res;
 };
 
-/* Claim and send everything dirty now; bytes sent go to *bytes. */
-static int send_all(struct mig *m, uint64_t *bytes)
+/*
+ * Claim and send what is dirty; bytes sent go to *bytes, the seconds spent
+ * in claims (not sends) to *claim_s. budget > 0 (pre-copy): stop once that
+ * many bytes went out, about what was dirty when the round began, and give
+ * the cursor's unsent claims back: a source that marks faster than the
+ * link sends (a ring reaper) would otherwise keep one round going forever
+ * and no cap would be checked. 0 (the final round): everything.
+ */
+static int send_all(struct mig *m, uint64_t *bytes, double *claim_s, uint64_t budget)
 {
-	ssize_t n;
+	double t0 = __dirty_now(), t1;
+	uint64_t start = *bytes;
+	ssize_t n = 0;
 
-	while ((n = dirty_claim_next(m->cl, m->runs, m->batch)) > 0) {
+	for (; (!budget || *bytes - start < budget) &&
+	       (n = dirty_claim_next(m->cl, m->runs, m->batch)) > 0; t0 = __dirty_now()) {
+		t1 = __dirty_now();
+		*claim_s += t1 - t0;
 		for (ssize_t i = 0; i < n; i++) {
 			int err;
 
@@ -76,6 +93,9 @@ static int send_all(struct mig *m, uint64_t *bytes)
 			*bytes += m->runs[i].len;
 		}
 	}
+	*claim_s += __dirty_now() - t0;
+	if (budget && n > 0)
+		dirty_claim_release(m->cl);	/* the rest goes next round */
 	return n < 0 ? (int)n : 0;
 }
 
@@ -112,9 +132,9 @@ DIRTY_API int dirty_migrate(struct dirty_view *view,
 	struct mig m = { .view = view, .ops = ops, .opaque = opaque, .res = res };
 	struct dirty_migrate_progress p = { 0 };
 	unsigned int max_rounds;
-	double start = __dirty_now(), t_stop = 0;
+	double start = __dirty_now(), t_stop = 0, t_final, claim_s = 0;
 	bool stopped = false, synced = false;
-	uint64_t dirty_bytes = 0, held;
+	uint64_t dirty_bytes = 0, held, round_bytes = 0;
 	int err;
 
 	err = check_args(cfg, ops);
@@ -135,6 +155,7 @@ DIRTY_API int dirty_migrate(struct dirty_view *view,
 		goto fail;
 	/* The first pass sends everything, whatever the sources say. */
 	dirty_view_mark_all(view);
+	dirty_view_count(view, NULL, &round_bytes);
 
 	for (;;) {
 		double t0 = __dirty_now(), dt;
@@ -142,7 +163,8 @@ DIRTY_API int dirty_migrate(struct dirty_view *view,
 
 		if (!synced && res->rounds > 0 && (err = dirty_view_sync(view)))
 			goto fail;
-		if ((err = send_all(&m, &bytes)) || (err = end_round(&m, res->rounds, 0)))
+		if ((err = send_all(&m, &bytes, &claim_s, round_bytes ? round_bytes : 1)) ||
+		    (err = end_round(&m, res->rounds, 0)))
 			goto fail;
 		dt = __dirty_now() - t0;
 		if (bytes && dt > 0)
@@ -154,6 +176,7 @@ DIRTY_API int dirty_migrate(struct dirty_view *view,
 			goto fail;
 		synced = true;
 		dirty_view_count(view, NULL, &dirty_bytes);
+		round_bytes = dirty_bytes;	/* the next round's budget */
 		/* Pages a source keeps back for final are sent in the downtime too. */
 		held = dirty_view_held_bytes(view);
 		dirty_bytes += held;
@@ -201,10 +224,13 @@ DIRTY_API int dirty_migrate(struct dirty_view *view,
 	t_stop = __dirty_now();
 	if ((err = dirty_view_final(view)))
 		goto fail;
-	if ((err = send_all(&m, &res->final_bytes)) ||
+	t_final = __dirty_now();
+	claim_s = 0;
+	if ((err = send_all(&m, &res->final_bytes, &claim_s, 0)) ||
 	    (err = end_round(&m, res->rounds, 1)))
 		goto fail;
 	res->downtime_ms = (__dirty_now() - t_stop) * 1000;
+	res->final_sync_ms = (t_final - t_stop + claim_s) * 1000;
 	res->bytes_sent += res->final_bytes;
 	res->final_pages = res->final_bytes / DIRTY_MIN_PAGE_SIZE;
 	res->pages_sent = res->bytes_sent / DIRTY_MIN_PAGE_SIZE;

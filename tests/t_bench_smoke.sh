@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# t_bench_smoke.sh - view-bench, proto-bench and uffd-bench run, verifies its own drains, and prints
-# one well-formed JSON object per case with the documented keys. Timing
-# is not judged here: benchmarks measure, tests assert.
+# t_bench_smoke.sh - view-bench, proto-bench and uffd-bench run, verify their own drains, and print
+# one well-formed JSON object per case with the documented keys (view-bench:
+# its fraction, fixed-set and claimer sections). Timing is not judged here:
+# benchmarks measure, tests assert.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 bin="$top/${BUILD:-build}/bin/view-bench"
@@ -11,17 +12,26 @@ out=$("$bin" --quick --json)
 echo "$out"
 python3 - "$out" <<'PY'
 import json, sys
-lines = [l for l in sys.argv[1].splitlines() if l.strip()]
-keys = {"case", "dirty_fraction", "view_ns", "flat_ns", "ratio_flat_over_view", "floor_ns"}
-cases = [json.loads(l) for l in lines]
-assert len(cases) == 8, f"expected 8 cases, got {len(cases)}"
-for c in cases:
-    missing = keys - c.keys()
-    assert not missing, f"{c.get('case')}: missing {missing}"
-    assert c["view_ns"] > 0 and c["flat_ns"] > 0 and c["floor_ns"] > 0, c
-fr = sorted({c["dirty_fraction"] for c in cases})
-assert fr == [0.0001, 0.01, 0.1, 1.0], fr
-print("view-bench JSON OK:", len(cases), "cases")
+rows = [json.loads(l) for l in sys.argv[1].splitlines() if l.strip()]
+common = {"case", "dirty_pages", "mem_gib", "view_ns", "flat_ns", "ratio_flat_over_view"}
+for r in rows:
+    missing = common - r.keys()
+    assert not missing, f"{r.get('case')}: missing {missing}"
+    assert r["view_ns"] > 0 and r["flat_ns"] > 0 and r["dirty_pages"] > 0 and r["mem_gib"] > 0, r
+    assert abs(r["ratio_flat_over_view"] - r["flat_ns"] / r["view_ns"]) < 1e-3 * r["ratio_flat_over_view"] + 1e-3, r
+frac = [r for r in rows if r["section"] == "fractions"]
+assert len(frac) == 8, f"expected 8 fraction cases, got {len(frac)}"
+for r in frac:
+    assert {"dirty_fraction", "floor_ns", "view_bytes"} <= r.keys() and r["floor_ns"] > 0, r
+assert sorted({r["dirty_fraction"] for r in frac}) == [0.0001, 0.01, 0.1, 1.0]
+sets = [r for r in rows if r["section"] == "sets"]
+assert {r["dirty_pages"] for r in sets} == {1000, 10000, 100000}, sets
+assert {r["case"].split("-")[0] for r in sets} == {"runs", "clustered"}, sets
+assert len({r["mem_gib"] for r in sets}) >= 2, "sets at one memory size only"
+assert all(r["view_bytes"] >= 0 for r in sets)
+claim = [r for r in rows if r["section"] == "claimers"]
+assert sorted(r["claimers"] for r in claim) == [1, 1, 2, 2], claim
+print("view-bench JSON OK:", len(frac), "fraction,", len(sets), "set,", len(claim), "claimer cases")
 PY
 
 pb="$top/${BUILD:-build}/bin/proto-bench"

@@ -13,6 +13,10 @@
 #   claim.alloc    the host is out of memory for a claim batch: retry, 0 lost
 #   ring storm     (no injection) a vCPU dirtying faster than the 1 MiB ring
 #                  drains: ring-full exits, 0 lost
+#   --fault        (dirtymig, any build) a host-owned word of the guest region
+#                  overwritten, or the guest's agent stopped, mid-migration:
+#                  the host says why it stopped trusting the guest and sends
+#                  every page in the final round, 0 lost
 # Connection resets in every phase are tests/t_dirtymig.sh part 5.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -76,4 +80,27 @@ if grep -q '"claim.alloc"' "$top/libdirty/claim.c" "$top/migrate/migrate.c" 2>/d
   run "claim batch out of memory" ok "claim.alloc:ENOMEM:2" --retry 2
 fi
 run "dirty ring full storm" ok "" --vcpu kvm --kvm-mode ring --dirty-rate 200000 --vcpus 2 --retry 0
+
+# The guest's side breaks mid-migration (dirtymig --fault, any build): the
+# host must stop trusting it, say why, and fall back to every page at final.
+# Pre-copy runs 3.5 s (a target no round meets) so the 2 s heartbeat timeout
+# passes inside it.
+for f in "corrupt-region@1:npages was overwritten" "agent-stop@0:agent silent"; do
+  spec=${f%%:*} want=${f#*:}
+  set +e
+  timeout 120 "$top/build/bin/dirtymig" demo --quick --tracking libdirty --fault "$spec" \
+    --downtime-ms 0.001 --max-time 3.5 --max-rounds 100000 --json --quiet >"$tmp/out" 2>"$tmp/err"
+  rc=$?
+  set -e
+  [ $rc = 0 ] || { cat "$tmp/err"; echo "FAIL: --fault $spec: exit $rc"; exit 1; }
+  python3 - "$spec" "$want" "$tmp/out" <<'PY'
+import json, sys
+spec, want, out = sys.argv[1], sys.argv[2], sys.argv[3]
+o = json.loads(open(out).read().splitlines()[-1])
+assert o["ok"] and o["lost_pages"] == 0, f"--fault {spec}: ok {o['ok']}, lost {o['lost_pages']}"
+assert o["gp_healthy"] is False and want in o["gp_reason"], f"--fault {spec}: health {o['gp_healthy']}: {o['gp_reason']}"
+assert o["final_pages"] >= o["guest_bytes"] // 4096, f"--fault {spec}: no fallback: {o['final_pages']} final pages"
+print(f"ok   --fault {spec}: 0 lost, every page in the final round ({o['final_pages']}), {o['gp_reason']}")
+PY
+done
 echo "PASS"

@@ -45,6 +45,7 @@ struct guest {
 	int nord;
 	int fail_send_at;	/* fail the n-th send (0: never) */
 	unsigned int dirty_per_send;	/* pages a "vCPU" writes during each send */
+	bool marks_now;		/* those writes mark the view at once (KVM's ring reaper does) */
 	uint64_t send_seed;		/* theirs: the writer thread reads `seed` */
 	uint64_t stamp;
 	int sends;
@@ -235,7 +236,10 @@ static int op_send(void *opaque, uint64_t gpa, uint64_t len)
 		uint64_t p = rnd(&g->send_seed) % g->npages;
 
 		__atomic_store_n((uint64_t *)(g->src + p * PS), ++g->stamp, __ATOMIC_RELEASE);
-		report_write(g, p);
+		if (g->marks_now)
+			dirty_view_mark(g->view, BASE + p * PS, PS);
+		else
+			report_write(g, p);
 	}
 	/* Word by word with atomics: the writer may be writing this page. */
 	for (uint64_t i = 0; i < len; i += 8)
@@ -406,6 +410,8 @@ START_TEST(converges_and_loses_nothing)
 	ck_assert_uint_ge(res.bytes_sent, g.npages * PS);	/* the full pass at least */
 	ck_assert_uint_eq(res.pages_sent * PS, res.bytes_sent);
 	ck_assert(res.bandwidth > 0 && res.downtime_ms >= 0 && res.total_ms >= res.downtime_ms);
+	/* The final harvest (sync + claims, sends excluded) is inside the downtime. */
+	ck_assert(res.final_sync_ms >= 0 && res.final_sync_ms <= res.downtime_ms);
 	printf("converged: %u rounds, %lu pages sent, %lu final, expected %.3f ms, downtime %.3f ms\n",
 	       res.rounds, res.pages_sent, res.final_pages, res.expected_downtime_ms, res.downtime_ms);
 	guest_down(&g);
@@ -427,6 +433,32 @@ START_TEST(round_cap_when_too_dirty)
 	ck_assert_uint_eq(res.rounds, 4);
 	ck_assert_uint_gt(res.final_pages, 0);
 	expect_equal(&g, "after a capped migration");
+	guest_down(&g);
+}
+END_TEST
+
+/*
+ * A source that marks the view while a round sends (KVM's ring reaper does)
+ * and outpaces the sends: a round must still end (it sends what was dirty
+ * when it began), so the caps are checked and the migration stops. Before
+ * rounds were bounded, this one never returned.
+ */
+START_TEST(round_ends_when_marks_outpace_sends)
+{
+	struct guest g;
+	struct dirty_migrate_config cfg = { .downtime_target_ms = 0, .max_rounds = 5 };
+	struct dirty_migrate_result res;
+
+	guest_up(&g, 2048, 0);
+	g.dirty_per_send = 2;
+	g.marks_now = true;
+	ck_assert_int_eq(dirty_migrate(g.view, &cfg, &ops, &g, &res), 0);
+	ck_assert_int_eq(res.converged, 0);
+	ck_assert_int_eq(res.stop, DIRTY_MIGRATE_ROUND_CAP);
+	ck_assert_uint_eq(res.rounds, 5);
+	/* Each round sends about what was dirty at its start, not forever. */
+	ck_assert_uint_lt(res.pages_sent, 5 * 2 * g.npages + res.final_pages + 5 * 256);
+	expect_equal(&g, "after rounds outpaced by marks");
 	guest_down(&g);
 }
 END_TEST
@@ -565,6 +597,7 @@ int main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, converges_and_loses_nothing);
 	tcase_add_test(tc, round_cap_when_too_dirty);
+	tcase_add_test(tc, round_ends_when_marks_outpace_sends);
 	tcase_add_test(tc, failure_keeps_dirty_state_and_retry_is_exact);
 	tcase_add_test(tc, failure_after_stop_resumes_then_retry);
 	tcase_add_test(tc, clear_log_source_loses_nothing);

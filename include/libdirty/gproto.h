@@ -152,6 +152,7 @@ struct dirty_gp_health {
 	uint64_t pages_kept_back;	/* pinned pages claims kept back (DEFER) */
 	uint64_t pages_carried;		/* carried over right now (DEFER) */
 	uint64_t pages_carried_sent;	/* carried pages marked once unpinned */
+	char last_loss[160];	/* why trust was last lost ("" if never) */
 };
 int dirty_gp_health(struct dirty_gp *gp, struct dirty_gp_health *h);
 

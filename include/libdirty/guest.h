@@ -151,6 +151,11 @@ ssize_t dirty_guest_pieces(const void *va, size_t len,
 int dirty_guest_poll(struct dirty_guest *g);
 /* A thread that polls every interval_ms until dirty_guest_close(). */
 int dirty_guest_agent_start(struct dirty_guest *g, unsigned int interval_ms);
+/*
+ * Stop that thread (its heartbeat stops: the host judges the guest silent
+ * after its timeout). -EINVAL if none runs.
+ */
+int dirty_guest_agent_stop(struct dirty_guest *g);
 
 struct dirty_guest_info {
 	uint64_t gpa_base, npages, page_size;

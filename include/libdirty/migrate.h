@@ -70,6 +70,12 @@ struct dirty_migrate_result {
 	double total_ms;
 	int converged;			/* 1: under the target; 0: see stop */
 	unsigned int stop;		/* enum dirty_migrate_stop: why pre-copy ended */
+	/*
+	 * The harvest inside the downtime: the final sync (every source's
+	 * last look) plus the time spent claiming the final pages, sends
+	 * excluded. It should follow the final dirty set, not memory size.
+	 */
+	double final_sync_ms;
 };
 
 enum dirty_migrate_stop {

@@ -117,7 +117,12 @@ static void usage(FILE *f)
 "                     pages arrived), round:N (at round N's marker, before\n"
 "                     acknowledging it), final (at the final marker: the\n"
 "                     source's vCPUs are stopped); --drop-after-pages N is\n"
-"                     pages:N\n\n"
+"                     pages:N\n"
+"  --fault F@ROUND    source, for tests: after pre-copy round ROUND (first\n"
+"                     attempt), corrupt-region (a host-owned word of the guest\n"
+"                     region overwritten) or agent-stop (the guest's protocol\n"
+"                     agent stops: no heartbeat); the migration must still\n"
+"                     lose nothing (the host falls back to all pages dirty)\n\n"
 "Table columns: total ms (whole migration), downtime ms (vCPU stop to the\n"
 "destination's ACK of the final round), limit ms (final bytes / link rate:\n"
 "the physical floor), rounds (pre-copy, first full pass included),\n"
@@ -126,7 +131,8 @@ static void usage(FILE *f)
 "buffers, were over it), pages / MiB sent,\n"
 "cpu log (what tracked the vCPU: kvm/<mode> or threads/uffd),\n"
 "final pages (sent while stopped), lost pages (final contents differ).\n"
-"JSON keys: mode vcpu kvm_mode nic_completion pinned ok error total_ms downtime_ms expected_downtime_ms rounds\n"
+"JSON keys: mode vcpu kvm_mode nic_completion pinned ok error total_ms downtime_ms final_sync_ms\n"
+"expected_downtime_ms rounds\n"
 "converged stop pages_sent bytes_sent final_pages final_bytes lost_pages\n"
 "lost_nic_pages link_bytes_per_s limit_ms bandwidth guest_bytes dma_packets\n"
 "dma_drops vcpu_writes nic_errors still_dirty attempts downtime_target_ms\n"
@@ -204,7 +210,7 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 	snprintf(padded, sizeof(padded), " %s ", name);
 	if (!strstr(" --listen --to --plot --tracking --vcpu --kvm-mode --nic-completion --pinned --mem-mib --pool-mib --vcpus --dirty-rate"
 		    " --pkt-rate --pkt-size --ring --link-mbps --downtime-ms --max-rounds --max-time --seed"
-		    " --retry --drop-after-pages --drop-at ",
+		    " --retry --drop-after-pages --drop-at --fault ",
 		    padded))
 		return bad_arg(a, "unknown option");
 	v = eq ? eq + 1 : *i + 1 < argc ? argv[++*i] : NULL;
@@ -213,6 +219,8 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 	if (!strcmp(name, "--listen")) { o->listen = v; return 0; }
 	if (!strcmp(name, "--to")) { o->to = v; return 0; }
 	if (!strcmp(name, "--plot")) { o->plot = v; return 0; }
+	if (!strcmp(name, "--fault"))
+		return dm_fault_parse(v, &o->run) ? bad_arg(v, "--fault is corrupt-region@ROUND or agent-stop@ROUND") : 0;
 	if (!strcmp(name, "--drop-at"))
 		return dm_dest_parse_drop(v, &o->fault) ? bad_arg(v, "--drop-at is pages:N, round:N or final") : 0;
 	if (!strcmp(name, "--tracking"))

@@ -12,9 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "clock.h"
+#include "libdirty/proto.h"
 #include "migration.h"
 #include "stream.h"
 
@@ -43,11 +45,60 @@ static int op_send(void *opaque, uint64_t gpa, uint64_t len)
 	return 0;
 }
 
+/*
+ * Test faults on the guest's side of the protocol. The region: one
+ * host-owned word changed (as a guest that scribbles over the header
+ * would); the host must stop trusting the guest for good and fall back.
+ */
+static void inject(struct run *r)
+{
+	if (r->cfg->fault == DM_FAULT_AGENT_STOP) {
+		nic_silence_agent(&r->w.nic);
+	} else if (r->cfg->fault == DM_FAULT_CORRUPT_REGION && r->t.gp) {
+		size_t len = DIRTY_PROTO_HEADER_SIZE;
+		struct dirty_proto_header *h = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED,
+						    dirty_gp_fd(r->t.gp), 0);
+
+		if (h == MAP_FAILED)
+			return;
+		__atomic_store_n(&h->npages, h->npages + 1, __ATOMIC_RELAXED);
+		munmap(h, len);
+	}
+	fprintf(stderr, "dirtymig: fault injected after pre-copy round %u: %s\n", r->cfg->fault_round,
+		r->cfg->fault == DM_FAULT_AGENT_STOP ? "the guest's agent stopped" :
+		"a host-owned word of the guest region overwritten");
+}
+
+int dm_fault_parse(const char *s, struct dm_run_config *cfg)
+{
+	const char *at = strchr(s, '@');
+	char *end;
+	unsigned long n;
+
+	if (!at)
+		return -EINVAL;
+	if (!strncmp(s, "corrupt-region@", 15))
+		cfg->fault = DM_FAULT_CORRUPT_REGION;
+	else if (!strncmp(s, "agent-stop@", 11))
+		cfg->fault = DM_FAULT_AGENT_STOP;
+	else
+		return -EINVAL;
+	n = strtoul(at + 1, &end, 10);
+	if (end == at + 1 || *end || n > 100000)
+		return -EINVAL;
+	cfg->fault_round = (unsigned int)n;
+	return 0;
+}
+
 static int op_end_round(void *opaque, unsigned int round, int final)
 {
 	struct run *r = opaque;
+	int err = dm_tx_end_round(&r->tx, round, final);
 
-	return dm_tx_end_round(&r->tx, round, final);
+	/* Once, on the first attempt only: a retry migrates a guest that has the fault already. */
+	if (!err && !final && r->cfg->fault && round == r->cfg->fault_round && r->res->attempts <= 1)
+		inject(r);
+	return err;
 }
 
 static int op_stop_device(void *opaque)
@@ -155,8 +206,8 @@ static void collect(struct run *r)
 		if (!h.trust_gained)
 			snprintf(res->gp_reason, sizeof(res->gp_reason), "never trusted: %s", h.reason);
 		else if (h.trust_lost)
-			snprintf(res->gp_reason, sizeof(res->gp_reason), "trust lost %" PRIu64 " times (now: %s)",
-				 h.trust_lost, h.reason);
+			snprintf(res->gp_reason, sizeof(res->gp_reason), "trust lost %" PRIu64 " times (last: %s)",
+				 h.trust_lost, h.last_loss);
 		res->gp_pinned_sent = h.pages_pinned_sent;
 		res->gp_kept_back = h.pages_kept_back;
 	}

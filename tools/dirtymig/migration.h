@@ -36,7 +36,15 @@ struct dm_run_config {
 	bool progress;		/* a live line on stderr */
 	unsigned int retry;	/* attempts after a failed one (fresh connection, full resend) */
 	unsigned int pinned;	/* enum dirty_gp_pinned for the guest protocol */
+	int fault;		/* test only: DM_FAULT_*, at the end of pre-copy round fault_round */
+	unsigned int fault_round;
 };
+
+#define DM_FAULT_NONE 0
+#define DM_FAULT_CORRUPT_REGION 1	/* overwrite a host-owned word of the guest region */
+#define DM_FAULT_AGENT_STOP 2		/* the guest's protocol agent stops (heartbeat too) */
+/* "corrupt-region@N" or "agent-stop@N" into cfg; -EINVAL if not. */
+int dm_fault_parse(const char *s, struct dm_run_config *cfg);
 
 struct dm_run_result {
 	enum dm_mode mode;

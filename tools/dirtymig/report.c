@@ -48,8 +48,8 @@ static const char *converged_name(const struct dirty_migrate_result *m)
 
 void dm_report_table(FILE *f, const struct dm_run_result *r, int n)
 {
-	fprintf(f, "%-10s %-13s %9s %11s %9s %6s %9s %10s %9s %11s %10s\n", "mode", "cpu log",
-		"total ms", "downtime ms", "limit ms", "rounds", "converged", "pages sent",
+	fprintf(f, "%-10s %-13s %9s %11s %9s %8s %6s %9s %10s %9s %11s %10s\n", "mode", "cpu log",
+		"total ms", "downtime ms", "limit ms", "final ms", "rounds", "converged", "pages sent",
 		"MiB sent", "final pages", "lost pages");
 	for (int i = 0; i < n; i++) {
 		const struct dm_run_result *x = &r[i];
@@ -61,9 +61,9 @@ void dm_report_table(FILE *f, const struct dm_run_result *r, int n)
 		}
 		snprintf(log, sizeof(log), "%s/%s", x->vcpu,
 			 strcmp(x->vcpu, "kvm") ? "uffd" : x->kvm_mode);
-		fprintf(f, "%-10s %-13s %9.1f %11.1f %9.1f %6u %9s %10" PRIu64 " %9.1f %11" PRIu64 " %10" PRIu64 "\n",
+		fprintf(f, "%-10s %-13s %9.1f %11.1f %9.1f %8.2f %6u %9s %10" PRIu64 " %9.1f %11" PRIu64 " %10" PRIu64 "\n",
 			dm_mode_name(x->mode), log, x->mig.total_ms, x->mig.downtime_ms, x->limit_ms,
-			x->mig.rounds, converged_name(&x->mig), x->mig.pages_sent,
+			x->mig.final_sync_ms, x->mig.rounds, converged_name(&x->mig), x->mig.pages_sent,
 			(double)x->mig.bytes_sent / (1 << 20), x->mig.final_pages, x->lost_pages);
 	}
 	for (int i = 0; i < n; i++) {
@@ -159,7 +159,8 @@ void dm_report_json(FILE *f, const struct dm_run_result *r, int n,
 			json_str(f, x->error);
 		else
 			fputs("null", f);
-		fprintf(f, ",\"total_ms\":%.3f,\"downtime_ms\":%.3f,\"expected_downtime_ms\":%.3f,"
+		fprintf(f, ",\"total_ms\":%.3f,\"downtime_ms\":%.3f,\"final_sync_ms\":%.3f,"
+			"\"expected_downtime_ms\":%.3f,"
 			"\"rounds\":%u,\"converged\":%s,\"stop\":\"%s\",\"pages_sent\":%" PRIu64 ",\"bytes_sent\":%" PRIu64
 			",\"final_pages\":%" PRIu64 ",\"final_bytes\":%" PRIu64 ",\"lost_pages\":%" PRIu64
 			",\"lost_nic_pages\":%" PRIu64 ",\"link_bytes_per_s\":%.0f,\"limit_ms\":%.3f"
@@ -167,7 +168,8 @@ void dm_report_json(FILE *f, const struct dm_run_result *r, int n,
 			",\"dma_drops\":%" PRIu64 ",\"vcpu_writes\":%" PRIu64 ",\"nic_errors\":%" PRIu64
 			",\"still_dirty\":%" PRIu64 ",\"attempts\":%u,\"downtime_target_ms\":%.3f"
 			",\"gp_pinned_sent\":%" PRIu64 ",\"gp_kept_back\":%" PRIu64,
-			x->mig.total_ms, x->mig.downtime_ms, x->mig.expected_downtime_ms, x->mig.rounds,
+			x->mig.total_ms, x->mig.downtime_ms, x->mig.final_sync_ms,
+			x->mig.expected_downtime_ms, x->mig.rounds,
 			x->mig.converged ? "true" : "false",
 			x->mig.stop == DIRTY_MIGRATE_HELD ? "held" : x->mig.stop == DIRTY_MIGRATE_TIME_CAP ?
 			"time-cap" : x->mig.stop == DIRTY_MIGRATE_ROUND_CAP ? "round-cap" : "converged", x->mig.pages_sent, x->mig.bytes_sent,
@@ -175,6 +177,10 @@ void dm_report_json(FILE *f, const struct dm_run_result *r, int n,
 			x->link_bytes_per_s, x->limit_ms, x->mig.bandwidth, cfg->wl.mem_bytes,
 			x->dma_packets, x->dma_drops, x->vcpu_writes, x->nic_errors, x->still_dirty,
 			x->attempts, cfg->mig.downtime_target_ms, x->gp_pinned_sent, x->gp_kept_back);
+		if (x->gp_used) {
+			fprintf(f, ",\"gp_healthy\":%s,\"gp_reason\":", x->gp_healthy ? "true" : "false");
+			json_str(f, x->gp_healthy ? "" : x->gp_reason);
+		}
 		fputs(",\"round_dirty_pages\":[", f);
 		for (unsigned int k = 0; k < x->nrounds; k++)
 			fprintf(f, "%s%" PRIu64, k ? "," : "", x->round[k].dirty_pages);

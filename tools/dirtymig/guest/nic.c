@@ -113,6 +113,11 @@ fail:
 	return e;
 }
 
+int nic_silence_agent(struct nic *n)
+{
+	return n->g ? dirty_guest_agent_stop(n->g) : -EINVAL;
+}
+
 void nic_fini(struct nic *n)
 {
 	nic_stop_device(n);

@@ -77,5 +77,7 @@ int nic_start_device(struct nic *n);
 void nic_stop_device(struct nic *n);
 int nic_start_driver(struct nic *n);
 void nic_stop_driver(struct nic *n);
+/* A test fault: the driver's protocol agent stops (no heartbeat, no acknowledgement). */
+int nic_silence_agent(struct nic *n);
 
 #endif /* DIRTYMIG_NIC_H */
