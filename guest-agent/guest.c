@@ -624,7 +624,7 @@ GUEST_API void dirty_guest_close(struct dirty_guest *g)
 		 * set; the agent reports them from the slot. The guest-owned
 		 * words (state, pin_leaks) are the agent's to write.
 		 */
-		__dirty_guest_disconnect(g);
+		g->disconnect(g);
 	} else {
 		if (g->agent_running) {
 			atomic_store(&g->agent_stop, true);

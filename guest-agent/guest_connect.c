@@ -334,62 +334,8 @@ out:
 	return err;
 }
 
-GUEST_API int dirty_guest_connect(const char *socket_path, struct dirty_guest **out)
-{
-	const char *path = socket_path ? socket_path : DIRTY_AGENT_SOCKET;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	sigset_t all, old;
-	struct dirty_guest *g;
-	int err;
-
-	if (!out)
-		return __dirty_guest_err(-EINVAL, "dirty_guest_connect: NULL out");
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return __dirty_guest_err(-ENAMETOOLONG, "dirty_guest_connect: socket path %s is longer than %zu bytes",
-					 path, sizeof(sa.sun_path) - 1);
-	memcpy(sa.sun_path, path, strlen(path) + 1);
-	g = calloc(1, sizeof(*g));
-	if (!g)
-		return __dirty_guest_err(-ENOMEM, "dirty_guest_connect: out of memory");
-	g->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (g->sock < 0) {
-		err = __dirty_guest_err(-errno, "dirty_guest_connect: socket: %s", strerror(errno));
-		goto free_g;
-	}
-	if (connect(g->sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		err = __dirty_guest_err(-errno, "cannot connect to dirty-agent at %s: %s (is the daemon running?)",
-					path, strerror(errno));
-		goto close_sock;
-	}
-	if ((err = handshake(g, path)))
-		goto close_sock;	/* nothing mapped */
-	g->connected = true;
-	pthread_mutex_init(&g->poll_lock, NULL);
-	/* The thread takes no signal meant for the application's threads. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	err = -pthread_create(&g->server, NULL, serve, g);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (err) {
-		__dirty_guest_err(err, "dirty_guest_connect: cannot start its thread: %s", strerror(-err));
-		pthread_mutex_destroy(&g->poll_lock);
-		munmap(g->pin_map, g->pin_map_len);
-		munmap(g->base, g->map_size);
-		goto close_sock;
-	}
-	g->server_running = true;
-	g->owner = getpid();
-	*out = g;
-	return 0;
-
-close_sock:
-	close(g->sock);
-free_g:
-	free(g);
-	return err;
-}
-
-void __dirty_guest_disconnect(struct dirty_guest *g)
+/* Stop the server thread, say BYE, unmap the table (g->disconnect). */
+static void disconnect(struct dirty_guest *g)
 {
 	struct agent_bye bye = { 0 };
 	char buf[RECV_MAX];
@@ -430,4 +376,60 @@ void __dirty_guest_disconnect(struct dirty_guest *g)
 	send_msg(g->sock, &bye, sizeof(bye));	/* an agent already gone needs no BYE */
 	close(g->sock);
 	g->sock = -1;
+}
+
+GUEST_API int dirty_guest_connect(const char *socket_path, struct dirty_guest **out)
+{
+	const char *path = socket_path ? socket_path : DIRTY_AGENT_SOCKET;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	sigset_t all, old;
+	struct dirty_guest *g;
+	int err;
+
+	if (!out)
+		return __dirty_guest_err(-EINVAL, "dirty_guest_connect: NULL out");
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return __dirty_guest_err(-ENAMETOOLONG, "dirty_guest_connect: socket path %s is longer than %zu bytes",
+					 path, sizeof(sa.sun_path) - 1);
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	g = calloc(1, sizeof(*g));
+	if (!g)
+		return __dirty_guest_err(-ENOMEM, "dirty_guest_connect: out of memory");
+	g->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (g->sock < 0) {
+		err = __dirty_guest_err(-errno, "dirty_guest_connect: socket: %s", strerror(errno));
+		goto free_g;
+	}
+	if (connect(g->sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		err = __dirty_guest_err(-errno, "cannot connect to dirty-agent at %s: %s (is the daemon running?)",
+					path, strerror(errno));
+		goto close_sock;
+	}
+	if ((err = handshake(g, path)))
+		goto close_sock;	/* nothing mapped */
+	g->connected = true;
+	g->disconnect = disconnect;
+	pthread_mutex_init(&g->poll_lock, NULL);
+	/* The thread takes no signal meant for the application's threads. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	err = -pthread_create(&g->server, NULL, serve, g);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err) {
+		__dirty_guest_err(err, "dirty_guest_connect: cannot start its thread: %s", strerror(-err));
+		pthread_mutex_destroy(&g->poll_lock);
+		munmap(g->pin_map, g->pin_map_len);
+		munmap(g->base, g->map_size);
+		goto close_sock;
+	}
+	g->server_running = true;
+	g->owner = getpid();
+	*out = g;
+	return 0;
+
+close_sock:
+	close(g->sock);
+free_g:
+	free(g);
+	return err;
 }

@@ -61,6 +61,12 @@ struct dirty_guest {
 	unsigned int agent_interval_ms;
 	/* Connected (dirty_guest_connect): guest_connect.c. */
 	bool connected;
+	/*
+	 * Set with connected: stops the server thread, says BYE, unmaps the
+	 * table. A pointer the connecting layer fills in, so the handle's own
+	 * code (this layer) never calls up into guest_connect.c.
+	 */
+	void (*disconnect)(struct dirty_guest *g);
 	int sock;			/* to the agent; -1 when not connected */
 	uint32_t slot;
 	struct pintable_header *tbl;	/* the shared table, = pin_map */
@@ -75,8 +81,5 @@ struct dirty_guest {
  * message set.
  */
 int __dirty_guest_attach(struct dirty_guest *g, void *base, uint64_t size);
-
-/* guest_connect.c: stop the server thread, say BYE, unmap the table. */
-void __dirty_guest_disconnect(struct dirty_guest *g);
 
 #endif /* LIBDIRTY_GUEST_PRIV_H */

@@ -19,7 +19,7 @@
 
 #include "core.h"
 #include "libdirty/gproto.h"
-#include "hbm.h"
+#include "hbm_mark.h"
 #include "libdirty/proto.h"
 
 /* Guest words are read with acquire (LDA) or seq_cst (LDX); see gproto_harvest.c. */

@@ -10,7 +10,7 @@
 
 #include "core.h"
 #include "libdirty/memsrc.h"
-#include "hbm.h"
+#include "hbm_mark.h"
 
 struct memsrc {
 	uint64_t gpa, len, page_size;

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "hbm_ahead.h"
 
 struct dirty_claim {
 	struct dirty_view *view;

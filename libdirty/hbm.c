@@ -166,9 +166,11 @@ void hbm_lazy_clear_mask(struct hbm *h, unsigned int k, uint64_t w, uint64_t mas
 
 /*
  * Smallest set bit >= from at level k, using the levels above to skip
- * empty words and clearing summary bits found stale on the way down.
+ * empty words. A claimer (repair) clears the summary bits it finds stale
+ * on the way down; hbm_ahead.c's prefetcher only looks (it owns nothing,
+ * so it may not clear).
  */
-static uint64_t find_from(struct hbm *h, unsigned int k, uint64_t from)
+uint64_t hbm_find_from(struct hbm *h, unsigned int k, uint64_t from, bool repair)
 {
 	for (;;) {
 		uint64_t wi, v, nw;
@@ -183,13 +185,14 @@ static uint64_t find_from(struct hbm *h, unsigned int k, uint64_t from)
 			from = (wi + 1) << 6;
 			continue;
 		}
-		nw = find_from(h, k + 1, wi + 1);
+		nw = hbm_find_from(h, k + 1, wi + 1, repair);
 		if (nw == HBM_NONE)
 			return HBM_NONE;
 		v = LD(&h->lv[k][nw]);
 		if (v)
 			return (nw << 6) + (uint64_t)__builtin_ctzll(v);
-		hbm_lazy_clear(h, k + 1, nw);
+		if (repair)
+			hbm_lazy_clear(h, k + 1, nw);
 		from = (nw + 1) << 6;
 	}
 }
@@ -203,7 +206,7 @@ uint64_t hbm_find_group(struct hbm *h, uint64_t from)
 		return from;
 	if (h->nlevels == 3)
 		return HBM_NONE;	/* one group only, and it is empty */
-	return find_from(h, 3, from + 1);
+	return hbm_find_from(h, 3, from + 1, true);
 }
 
 uint64_t hbm_take_chunks(struct hbm *h, uint64_t g)

@@ -7,30 +7,8 @@
  */
 #include <string.h>
 
+#include "hbm_ahead.h"
 #include "hbm_ops.h"
-
-/* Smallest set bit >= from at level k, loads only (stale bits and all). */
-static uint64_t peek_from(struct hbm *h, unsigned int k, uint64_t from)
-{
-	for (;;) {
-		uint64_t wi, v, nw;
-
-		if (from >= h->nwords[k - 1])
-			return HBM_NONE;
-		wi = from >> 6;
-		v = LD(&h->lv[k][wi]) & (~0ull << (from & 63));
-		if (v)
-			return (wi << 6) + (uint64_t)__builtin_ctzll(v);
-		if (k + 1 >= h->nlevels) {
-			from = (wi + 1) << 6;
-			continue;
-		}
-		nw = peek_from(h, k + 1, wi + 1);
-		if (nw == HBM_NONE)
-			return HBM_NONE;
-		from = nw << 6;
-	}
-}
 
 /*
  * Groups with more chunks than this get their level-1 lines fetched
@@ -74,7 +52,7 @@ void hbm_ahead(struct hbm *h, struct hbm_ahead *a, uint64_t g)
 	memmove(a->stage, a->stage + i, (a->n - i) * sizeof(a->stage[0]));
 	a->n -= i;
 	while (a->n < HBM_AHEAD) {
-		uint64_t p = peek_from(h, 3, (a->n ? a->g[a->n - 1] : g) + 1);
+		uint64_t p = hbm_find_from(h, 3, (a->n ? a->g[a->n - 1] : g) + 1, false);
 
 		if (p == HBM_NONE)
 			break;

@@ -8,6 +8,7 @@
  */
 #include <string.h>
 
+#include "hbm_mark.h"
 #include "hbm_ops.h"
 
 static void flush_level(struct hbm *h, struct hbm_batch *b, unsigned int k);

@@ -18,4 +18,8 @@ static inline uint64_t bit(uint64_t i)
 	return 1ull << (i & 63);
 }
 
+/* hbm.c: the smallest set bit >= from at level k (k >= 1); with repair,
+ * summary bits found stale on the way are cleared (claimers only). */
+uint64_t hbm_find_from(struct hbm *h, unsigned int k, uint64_t from, bool repair);
+
 #endif /* LIBDIRTY_HBM_OPS_H */

@@ -15,7 +15,7 @@
 #include <urcu/urcu-bp.h>
 
 #include "core.h"
-#include "hbm.h"
+#include "hbm_mark.h"
 
 /*
  * RCU. urcu-bp registers threads on first use, so callers of a library

@@ -20,7 +20,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "hbm.h"
+#include "hbm_mark.h"
 #include "testutil.h"
 
 #define GROUPS 3
