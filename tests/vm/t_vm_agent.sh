@@ -21,62 +21,23 @@
 #   VM_AGENT_SAVE_DUMPS=1  also copy the dumps to tests/agent/dumps/
 # Exit 0 = pass, 1 = fail, 77 = skipped (the reason is printed).
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
 
-if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
-  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
-  exit 0
-fi
-top=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$top"
-vm=tests/vm
-build=${BUILD:-build}
-kernels=${VM_KERNELS:-6.1 6.12}
+vm_setup "$@"
 guest="$build/tests/vm/vm_agent"
 host="$build/tests/vm/host/agent_host"
 agent="$build/bin/dirty-agent"
 mkregion="$build/tests/agent/agent_mkregion"
 ram_mib=512
+vm_need_shm agent
+vm_need_bins "'make all vm-guest' (make check does)" "$guest" "$host" "$agent" "$mkregion"
+vm_tmp
+vm_cleanup_prefixes+=("/dev/shm/libdirty-vm-agent-$$-")
 
-if [ -n "${SAN:-}" ]; then echo "SKIP: VM tier runs in the plain build only (SAN=$SAN)"; exit 77; fi
-command -v qemu-system-x86_64 >/dev/null ||
-  { echo "SKIP: qemu-system-x86_64 not found (make deps installs qemu-system-x86)"; exit 77; }
-probe="/dev/shm/libdirty-vm-agent-probe-$$"
-if ! { [ -d /dev/shm ] && : 2>/dev/null >"$probe"; }; then
-  echo "SKIP: /dev/shm is not writable (the region file goes there)"; exit 77
-fi
-rm -f "$probe"
-for b in "$guest" "$host" "$agent" "$mkregion"; do
-  [ -x "$b" ] || { echo "FAIL: $b missing: build it with 'make all vm-guest' (make check does)"; exit 1; }
-done
-
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -f /dev/shm/libdirty-vm-agent-$$-*
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 143' INT TERM
-
-now() { date +%s.%N; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
-t_start=$(now)
-
-skipped=() ran=()
 for k in $kernels; do
-  set +e
-  out=$("$vm/fetch.sh" --env "$k" --cached 2>"$tmp/fetch-$k.err")
-  rc=$?
-  set -e
-  if [ $rc = 77 ]; then skipped+=("$k: $(grep -m1 '^SKIP' <<<"$out" | sed 's/^SKIP: //' || echo "fetch.sh skipped")"); continue; fi
-  [ $rc = 0 ] || { echo "FAIL: fetch.sh --env $k exited $rc:"; cat "$tmp/fetch-$k.err"; exit 1; }
-  "$vm/mkinitramfs.sh" --kernel "$k" --out "$tmp/initrd-$k.gz" "$guest" "$agent" 2>"$tmp/mkinit-$k.err" ||
-    { echo "FAIL: mkinitramfs.sh --kernel $k:"; cat "$tmp/mkinit-$k.err"; exit 1; }
+  vm_fetch "$k" --cached || continue
+  vm_initramfs "$k" "$guest" "$agent"
   shm="/dev/shm/libdirty-vm-agent-$$-$k"
-  rm -f "$shm"
   extra=()
   if [ "$k" = 6.1 ]; then
     # A second ivshmem-plain device over a plain (zero) file: no region in it.
@@ -85,14 +46,7 @@ for k in $kernels; do
     extra=(--qemu-arg -object --qemu-arg "memory-backend-file,id=plain0,share=on,mem-path=$plain,size=65536"
            --qemu-arg -device --qemu-arg ivshmem-plain,memdev=plain0)
   fi
-  "$host" --shm "$shm" --ram-mib $ram_mib --console "$tmp/console-$k" \
-    --boot-timeout 90 --step-timeout 30 -- \
-    "$vm/run-vm.sh" --kernel "$k" --initrd "$tmp/initrd-$k.gz" --shm "$shm" "${extra[@]}" \
-      --mem ${ram_mib}M --timeout 150 --quiet --log "$tmp/console-$k" \
-      --cmd 'rc=0; vm_agent || rc=1; if dmesg | grep -E "WARNING:|BUG:|Oops|Call Trace"; then echo "vm_agent: FAIL the kernel log has the warnings above"; rc=1; fi; exit $rc' \
-    >"$tmp/out-$k" 2>&1 &
-  pids+=($!)
-  ran+=("$k")
+  vm_host_boot "$k" "$host" vm_agent "$shm" "${extra[@]}"
 done
 t_booted=$(now)
 
@@ -124,51 +78,22 @@ check_dump() {
   fi
 }
 
-fail=0 i=0
-for k in "${ran[@]}"; do
-  set +e
-  wait "${pids[$i]}"
-  rc=$?
-  set -e
-  i=$((i + 1))
-  shm="/dev/shm/libdirty-vm-agent-$$-$k"
-  result=$(sed -n 's/^agent_host: RESULT //p' "$tmp/out-$k" | head -n1)
-  gresult=$(tr -d '\r' <"$tmp/console-$k" 2>/dev/null | sed -n 's/^vm_agent: RESULT //p' | head -n1)
-  boot=$(sed -n 's/^run-vm.sh: .* after \([0-9.]*\)s.*/\1/p' "$tmp/out-$k" | tail -n1)
-  nok=$(grep -c '^agent_host: ok ' "$tmp/out-$k" || true)
-  nfail=$(grep -c '^agent_host: FAIL' "$tmp/out-$k" || true)
-  problems=()
-  [ $rc = 0 ] || problems+=("agent_host exit $rc")
-  [ -n "$result" ] || problems+=("no RESULT line from agent_host")
-  case $result in *" failures=0 "*) ;; *) problems+=("agent_host reported failures") ;; esac
-  [ "$nfail" = 0 ] || problems+=("$nfail FAIL lines")
-  [ "$gresult" = ok ] || problems+=("the guest program did not finish ('${gresult:-no RESULT line}')")
-  # Never pass by doing nothing: every step's checks must have run.
-  [ "$nok" -ge 20 ] || problems+=("only $nok host checks passed (expected at least 20)")
-  [ ! -e "$shm" ] || problems+=("$shm was left behind")
+check() {
+  local k=$1
+  vm_check_host agent_host vm_agent "$k" "$2" 20 "/dev/shm/libdirty-vm-agent-$$-$k" ok
   dumpmsg=""
   if [ ${#problems[@]} = 0 ]; then
     if ! dumpmsg=$(check_dump "$k" 2>&1); then problems+=("lspci dump: $dumpmsg"); fi
   fi
-  if [ ${#problems[@]} = 0 ]; then
-    echo "PASS $k (boot+test ${boot:-?}s, $nok host checks): $result"
-    dec=$(tr -d '\r' <"$tmp/console-$k" | grep -c 'memory decoding was off' || true)
-    echo "     guest: $(tr -d '\r' <"$tmp/console-$k" | grep -c '^dirty-agent\[') agent log lines ($dec device(s) had memory decoding off); lspci: $dumpmsg"
-    sed -n 's/^agent_host: ok   \[[ 0-9.]* ms\] /     /p' "$tmp/out-$k"
-  else
-    echo "FAIL $k: $(IFS=';'; echo "${problems[*]}")"
-    sed 's/^/     | /' "$tmp/out-$k"
-    if ! grep -q '^agent_host: | ' "$tmp/out-$k" && [ -s "$tmp/console-$k" ]; then
-      echo "     ---- guest console ----"
-      tr -d '\r' <"$tmp/console-$k" | tail -n 60 | sed 's/^/     | /'
-    fi
-    fail=1
-  fi
-done
-echo "     total $(secs "$t_start" "$(now)")s (fetch + initramfs $(secs "$t_start" "$t_booted")s)"
-
-for s in "${skipped[@]}"; do echo "SKIP: kernel $s"; done
-[ $fail = 0 ] || exit 1
-[ ${#ran[@]} -gt 0 ] || exit 77
-[ ${#skipped[@]} = 0 ] || exit 77
-exit 0
+}
+pass() {
+  local k=$1 dec
+  echo "PASS $k (boot+test ${boot:-?}s, $nok host checks): $result"
+  dec=$(tr -d '\r' <"$tmp/console-$k" | grep -c 'memory decoding was off' || true)
+  echo "     guest: $(tr -d '\r' <"$tmp/console-$k" | grep -c '^dirty-agent\[') agent log lines ($dec device(s) had memory decoding off); lspci: $dumpmsg"
+  sed -n 's/^agent_host: ok   \[[ 0-9.]* ms\] /     /p' "$tmp/out-$k"
+}
+console() { vm_console_tail agent_host 60 "$1"; }
+vm_results check pass console
+vm_total "fetch + initramfs"
+vm_finish

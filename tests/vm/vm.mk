@@ -31,8 +31,12 @@ VM_KERNELS := 6.1 6.12
 VM_GUEST_CC ?= $(CC)
 VM_GUEST_CFLAGS := $(filter-out -fsanitize=% -fno-sanitize-recover=%,$(CFLAGS)) \
 	-std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
-	-Wmissing-prototypes -Iinclude -Itests/vm/guest
-VM_GUEST_LIB_SRCS := tests/vm/guest/vfio-edu.c tests/vm/guest/mdev-dev.c
+	-Wmissing-prototypes -Iinclude -Isupport -Itests/vm/guest
+# Of support/, the guest programs use only the header-only clock.h. These
+# helpers are linked into every guest program; the rest of guest/*.c are
+# the programs.
+VM_GUEST_LIB_SRCS := tests/vm/guest/vfio-edu.c tests/vm/guest/mdev-dev.c \
+	tests/vm/guest/vfio-group.c tests/vm/guest/vm-check.c tests/vm/guest/vm-pset.c
 VM_GUEST_LIB_OBJS := $(patsubst tests/vm/guest/%.c,$(VM_OUT)/%.o,$(VM_GUEST_LIB_SRCS))
 VM_GUEST_HDRS := $(wildcard tests/vm/guest/*.h) tests/vm/mdev/ldtest-regs.h
 VM_GUEST_SRCS := $(filter-out $(VM_GUEST_LIB_SRCS),$(wildcard tests/vm/guest/*.c))
@@ -44,16 +48,22 @@ VM_LIBDIRTY_AR := $(VM_OUT)/lib/libdirty-vm.a
 VM_INITRDS := $(patsubst %,$(VM_OUT)/initramfs-%.cpio.gz,$(VM_KERNELS))
 # Host-side halves of tier tests (tests/vm/host/*.c): they run on this host,
 # outside QEMU, against the region file QEMU maps, with the host library.
-VM_HOST_SRCS := $(wildcard tests/vm/host/*.c)
+# Each is built with what they all share (VM_HOST_COMMON_SRCS: vm_host.c and
+# the check lines the guest programs print too), with the host's flags.
+VM_HOST_COMMON_SRCS := tests/vm/host/vm_host.c tests/vm/guest/vm-check.c
+VM_HOST_HDRS := tests/vm/host/vm_host.h $(addprefix tests/vm/guest/,vm-check.h vm-time.h \
+	vm-mbox.h mbox-guestlib.h mbox-agent.h)
+VM_HOST_SRCS := $(filter-out $(VM_HOST_COMMON_SRCS),$(wildcard tests/vm/host/*.c))
 VM_HOST_BINS := $(patsubst tests/vm/host/%.c,$(VM_OUT)/host/%,$(VM_HOST_SRCS))
 
 .PHONY: vm-guest vm-fetch vm-initramfs vm-mdev check-vm
 vm-guest: $(VM_GUEST_BINS) $(VM_HOST_BINS)
 tests: $(VM_GUEST_BINS) $(VM_HOST_BINS)
 
-$(VM_HOST_BINS): $(VM_OUT)/host/%: tests/vm/host/%.c $(ALL_ARLIBS)
+$(VM_HOST_BINS): $(VM_OUT)/host/%: tests/vm/host/%.c $(VM_HOST_COMMON_SRCS) $(VM_HOST_HDRS) $(ALL_ARLIBS)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests $(SUPPORT_CFLAGS) -o $@ $< $(ALL_ARLIBS) $(LIB_LIBS)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Itests $(SUPPORT_CFLAGS) -o $@ $< $(VM_HOST_COMMON_SRCS) \
+	  $(ALL_ARLIBS) $(LIB_LIBS)
 
 $(VM_GUEST_LIB_OBJS): $(VM_OUT)/%.o: tests/vm/guest/%.c $(VM_GUEST_HDRS)
 	@mkdir -p $(@D)

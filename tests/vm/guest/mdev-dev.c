@@ -1,5 +1,6 @@
 /* mdev-dev.c - guest-side helpers for mdev VFIO devices; see mdev-dev.h. */
 #include "mdev-dev.h"
+#include "vfio-group.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -14,69 +15,15 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Print "mdev-dev: <message>: <strerror(err)>" and return -err. */
-__attribute__((format(printf, 2, 3)))
-static int fail(int err, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err <= 0)
-		err = EIO;
-	fputs("mdev-dev: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, ": %s\n", strerror(err));
-	return -err;
-}
-
-static int read_text(const char *path, char *buf, size_t len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
-	int err;
-
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, len - 1);
-	err = errno;
-	close(fd);
-	if (n < 0)
-		return -err;
-	buf[n] = '\0';
-	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
-		buf[--n] = '\0';
-	return 0;
-}
-
-static int write_text(const char *path, const char *text)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	size_t len = strlen(text);
-	ssize_t n;
-	int err;
-
-	if (fd < 0)
-		return -errno;
-	n = write(fd, text, len);
-	err = errno;
-	close(fd);
-	if (n < 0)
-		return -err;
-	return (size_t)n == len ? 0 : -EIO;
-}
-
-static int dot_filter(const struct dirent *d)
-{
-	return d->d_name[0] != '.';
-}
+/* "mdev-dev: <message>: <strerror(err)>" on stderr; returns -err. */
+#define fail(...) vm_dev_fail("mdev-dev", __VA_ARGS__)
 
 int mdev_find_type(const char *name, char *type_dir, size_t len)
 {
 	struct dirent **parents;
 	int np, rc = -ENODEV;
 
-	np = scandir(MDEV_BUS_CLASS, &parents, dot_filter, alphasort);
+	np = scandir(MDEV_BUS_CLASS, &parents, sysfs_no_dot, alphasort);
 	if (np < 0)
 		return fail(errno, "cannot list " MDEV_BUS_CLASS " (is the mdev module loaded?)");
 	for (int i = 0; i < np; i++) {
@@ -86,14 +33,14 @@ int mdev_find_type(const char *name, char *type_dir, size_t len)
 
 		snprintf(types, sizeof(types), MDEV_BUS_CLASS "/%s/mdev_supported_types",
 			 parents[i]->d_name);
-		nt = rc == -ENODEV ? scandir(types, &t, dot_filter, alphasort) : -1;
+		nt = rc == -ENODEV ? scandir(types, &t, sysfs_no_dot, alphasort) : -1;
 		for (int j = 0; j < nt; j++) {
 			char path[PATH_MAX], val[128];
 
 			if (rc == -ENODEV &&
 			    snprintf(path, sizeof(path), "%s/%s/name", types, t[j]->d_name) <
 				    (int)sizeof(path) &&
-			    !read_text(path, val, sizeof(val)) && !strcmp(val, name)) {
+			    !sysfs_read_text(path, val, sizeof(val)) && !strcmp(val, name)) {
 				if ((size_t)snprintf(type_dir, len, "%s/%s", types, t[j]->d_name) >= len)
 					rc = -ENAMETOOLONG;
 				else
@@ -119,13 +66,13 @@ int mdev_create(const char *type_dir, char *uuid, size_t len)
 
 	if (len < 37)
 		return -EINVAL;
-	rc = read_text("/proc/sys/kernel/random/uuid", id, sizeof(id));
+	rc = sysfs_read_text("/proc/sys/kernel/random/uuid", id, sizeof(id));
 	if (rc)
 		return fail(-rc, "cannot read /proc/sys/kernel/random/uuid (is /proc mounted?)");
 	if (strlen(id) != 36)
 		return fail(EINVAL, "odd UUID '%s'", id);
 	snprintf(path, sizeof(path), "%s/create", type_dir);
-	rc = write_text(path, id);
+	rc = sysfs_write_text(path, id);
 	if (rc)
 		return fail(-rc, "cannot create an mdev: echo %s > %s", id, path);
 	memcpy(uuid, id, 37);
@@ -138,60 +85,25 @@ int mdev_remove(const char *uuid)
 	int rc;
 
 	snprintf(path, sizeof(path), "/sys/bus/mdev/devices/%s/remove", uuid);
-	rc = write_text(path, "1");
+	rc = sysfs_write_text(path, "1");
 	if (rc)
 		return fail(-rc, "cannot remove mdev %s (%s)", uuid, path);
 	return 0;
 }
 
-static void sleep_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
-/* devtmpfs creates /dev/vfio/N asynchronously after the device appears. */
-static int open_retry(const char *path, int flags, long timeout_ms)
-{
-	long waited = 0;
-	int fd;
-
-	for (;;) {
-		fd = open(path, flags | O_CLOEXEC);
-		if (fd >= 0 || errno != ENOENT || waited >= timeout_ms)
-			return fd;
-		sleep_ms(10);
-		waited += 10;
-	}
-}
-
 static int mdev_group_of(const char *uuid, int *group_id)
 {
-	char path[PATH_MAX], target[PATH_MAX], *base, *end;
-	ssize_t n;
+	char path[PATH_MAX], missing[PATH_MAX + 64];
 
 	snprintf(path, sizeof(path), "/sys/bus/mdev/devices/%s/iommu_group", uuid);
-	n = readlink(path, target, sizeof(target) - 1);
-	if (n < 0)
-		return fail(errno, "mdev %s has no IOMMU group (%s)", uuid, path);
-	target[n] = '\0';
-	base = strrchr(target, '/');
-	base = base ? base + 1 : target;
-	errno = 0;
-	*group_id = (int)strtol(base, &end, 10);
-	if (errno || end == base || *end)
-		return fail(EINVAL, "odd IOMMU group link %s -> %s", path, target);
-	return 0;
+	snprintf(missing, sizeof(missing), "mdev %s has no IOMMU group (%s)", uuid, path);
+	return vfio_group_of_link("mdev-dev", path, missing, group_id);
 }
 
 int mdev_dev_open(struct mdev_dev *m, const char *type_name)
 {
-	struct vfio_group_status status = { .argsz = sizeof(status) };
 	struct vfio_device_info info = { .argsz = sizeof(info) };
 	struct vfio_region_info reg = { .argsz = sizeof(reg), .index = 0 };
-	char path[64];
 	int rc;
 
 	memset(m, 0, sizeof(*m));
@@ -206,46 +118,10 @@ int mdev_dev_open(struct mdev_dev *m, const char *type_name)
 	if (rc)
 		goto out;
 
-	m->container = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
-	if (m->container < 0) {
-		rc = fail(errno, "cannot open /dev/vfio/vfio (is the vfio module loaded?)");
+	rc = vfio_group_attach("mdev-dev", m->group_id, "", m->uuid, &m->container, &m->group,
+			       &m->device);
+	if (rc)
 		goto out;
-	}
-	if (ioctl(m->container, VFIO_GET_API_VERSION) != VFIO_API_VERSION) {
-		rc = fail(EINVAL, "VFIO API version is not %d", VFIO_API_VERSION);
-		goto out;
-	}
-	if (ioctl(m->container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) <= 0) {
-		rc = fail(ENOTSUP, "no VFIO_TYPE1v2_IOMMU (is vfio_iommu_type1 loaded?)");
-		goto out;
-	}
-	snprintf(path, sizeof(path), "/dev/vfio/%d", m->group_id);
-	m->group = open_retry(path, O_RDWR, 2000);
-	if (m->group < 0) {
-		rc = fail(errno, "cannot open %s", path);
-		goto out;
-	}
-	if (ioctl(m->group, VFIO_GROUP_GET_STATUS, &status)) {
-		rc = fail(errno, "VFIO_GROUP_GET_STATUS");
-		goto out;
-	}
-	if (!(status.flags & VFIO_GROUP_FLAGS_VIABLE)) {
-		rc = fail(EBUSY, "IOMMU group %d is not viable", m->group_id);
-		goto out;
-	}
-	if (ioctl(m->group, VFIO_GROUP_SET_CONTAINER, &m->container)) {
-		rc = fail(errno, "VFIO_GROUP_SET_CONTAINER");
-		goto out;
-	}
-	if (ioctl(m->container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)) {
-		rc = fail(errno, "VFIO_SET_IOMMU(VFIO_TYPE1v2_IOMMU)");
-		goto out;
-	}
-	m->device = ioctl(m->group, VFIO_GROUP_GET_DEVICE_FD, m->uuid);
-	if (m->device < 0) {
-		rc = fail(errno, "VFIO_GROUP_GET_DEVICE_FD(%s)", m->uuid);
-		goto out;
-	}
 	if (ioctl(m->device, VFIO_DEVICE_GET_INFO, &info)) {
 		rc = fail(errno, "VFIO_DEVICE_GET_INFO");
 		goto out;

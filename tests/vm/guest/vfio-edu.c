@@ -1,5 +1,7 @@
 /* vfio-edu.c - guest-side helpers of the VM test tier; see vfio-edu.h. */
 #include "vfio-edu.h"
+#include "vfio-group.h"
+#include "vm-time.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -21,78 +23,8 @@
 
 #define SYSFS_PCI "/sys/bus/pci"
 
-/* Print "vfio-edu: <message>: <strerror(err)>" and return -err. */
-__attribute__((format(printf, 2, 3)))
-static int fail(int err, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err <= 0)
-		err = EIO;
-	fputs("vfio-edu: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, ": %s\n", strerror(err));
-	return -err;
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* Read a small sysfs file into buf (NUL-terminated, trailing newline cut). */
-static int read_text(const char *path, char *buf, size_t len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, len - 1);
-	if (n < 0) {
-		int err = errno;
-
-		close(fd);
-		return -err;
-	}
-	close(fd);
-	buf[n] = '\0';
-	if (n > 0 && buf[n - 1] == '\n')
-		buf[n - 1] = '\0';
-	return 0;
-}
-
-static int write_text(const char *path, const char *text)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	size_t len = strlen(text);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = write(fd, text, len);
-	if (n < 0) {
-		int err = errno;
-
-		close(fd);
-		return -err;
-	}
-	close(fd);
-	return (size_t)n == len ? 0 : -EIO;
-}
+/* "vfio-edu: <message>: <strerror(err)>" on stderr; returns -err. */
+#define fail(...) vm_dev_fail("vfio-edu", __VA_ARGS__)
 
 /* Copy src into dst[len]; -ENAMETOOLONG when it does not fit. */
 static int copy_str(char *dst, size_t len, const char *src)
@@ -111,7 +43,7 @@ static int read_hex(const char *bdf, const char *attr, unsigned long *val)
 	int rc;
 
 	snprintf(path, sizeof(path), SYSFS_PCI "/devices/%s/%s", bdf, attr);
-	rc = read_text(path, buf, sizeof(buf));
+	rc = sysfs_read_text(path, buf, sizeof(buf));
 	if (rc)
 		return rc;
 	errno = 0;
@@ -139,18 +71,13 @@ static int current_driver(const char *bdf, char *name, size_t len)
 	return copy_str(name, len, base ? base + 1 : target);
 }
 
-static int dot_filter(const struct dirent *d)
-{
-	return d->d_name[0] != '.';
-}
-
 int vm_pci_find(uint16_t vendor, uint16_t device, unsigned index, char *bdf, size_t len)
 {
 	struct dirent **names;
 	int n, i, rc = -ENODEV;
 	unsigned seen = 0;
 
-	n = scandir(SYSFS_PCI "/devices", &names, dot_filter, alphasort);
+	n = scandir(SYSFS_PCI "/devices", &names, sysfs_no_dot, alphasort);
 	if (n < 0)
 		return fail(errno, "cannot list " SYSFS_PCI "/devices (is sysfs mounted?)");
 	for (i = 0; i < n; i++) {
@@ -181,16 +108,16 @@ int vm_pci_bind(const char *bdf, const char *driver)
 	if (!strcmp(cur, driver))
 		return 0;
 	snprintf(path, sizeof(path), SYSFS_PCI "/devices/%s/driver_override", bdf);
-	rc = write_text(path, driver);
+	rc = sysfs_write_text(path, driver);
 	if (rc)
 		return fail(-rc, "cannot write %s to %s", driver, path);
 	if (cur[0]) {
 		snprintf(path, sizeof(path), SYSFS_PCI "/devices/%s/driver/unbind", bdf);
-		rc = write_text(path, bdf);
+		rc = sysfs_write_text(path, bdf);
 		if (rc)
 			return fail(-rc, "cannot unbind %s from %s", bdf, cur);
 	}
-	rc = write_text(SYSFS_PCI "/drivers_probe", bdf);
+	rc = sysfs_write_text(SYSFS_PCI "/drivers_probe", bdf);
 	if (rc)
 		return fail(-rc, "drivers_probe of %s failed (is the %s module loaded?)", bdf, driver);
 	rc = current_driver(bdf, cur, sizeof(cur));
@@ -222,7 +149,7 @@ int vm_pci_map_bar(const char *bdf, int bar, volatile void **addr, size_t *len)
 	close(fd);
 	if (!(cmd & PCI_COMMAND_MEMORY)) {
 		snprintf(path, sizeof(path), SYSFS_PCI "/devices/%s/enable", bdf);
-		rc = write_text(path, "1");
+		rc = sysfs_write_text(path, "1");
 		if (rc)
 			return fail(-rc, "cannot enable %s", bdf);
 	}
@@ -256,37 +183,12 @@ void vm_pci_unmap_bar(volatile void *addr, size_t len)
 
 static int group_of(const char *bdf, int *group_id)
 {
-	char path[PATH_MAX], target[PATH_MAX], *base, *end;
-	ssize_t n;
+	char path[PATH_MAX], missing[128];
 
 	snprintf(path, sizeof(path), SYSFS_PCI "/devices/%s/iommu_group", bdf);
-	n = readlink(path, target, sizeof(target) - 1);
-	if (n < 0)
-		return fail(errno, "%s has no IOMMU group (boot with intel_iommu=on and "
-			    "-device intel-iommu)", bdf);
-	target[n] = '\0';
-	base = strrchr(target, '/');
-	base = base ? base + 1 : target;
-	errno = 0;
-	*group_id = (int)strtol(base, &end, 10);
-	if (errno || end == base || *end)
-		return fail(EINVAL, "odd IOMMU group link %s -> %s", path, target);
-	return 0;
-}
-
-/* devtmpfs creates /dev/vfio/N asynchronously after the bind. */
-static int open_retry(const char *path, int flags, long timeout_ms)
-{
-	long waited = 0;
-	int fd;
-
-	for (;;) {
-		fd = open(path, flags | O_CLOEXEC);
-		if (fd >= 0 || errno != ENOENT || waited >= timeout_ms)
-			return fd;
-		sleep_ms(10);
-		waited += 10;
-	}
+	snprintf(missing, sizeof(missing),
+		 "%s has no IOMMU group (boot with intel_iommu=on and -device intel-iommu)", bdf);
+	return vfio_group_of_link("vfio-edu", path, missing, group_id);
 }
 
 static int region_info(int device, uint32_t index, struct vfio_region_info *info)
@@ -341,8 +243,6 @@ static int map_bar0(struct vfio_edu *e)
 
 int vfio_edu_open(struct vfio_edu *e)
 {
-	struct vfio_group_status status = { .argsz = sizeof(status) };
-	char path[64];
 	uint32_t ident, probe = 0x5a5aa5a5u;
 	int rc;
 
@@ -358,46 +258,10 @@ int vfio_edu_open(struct vfio_edu *e)
 	if (rc)
 		return rc;
 
-	e->container = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
-	if (e->container < 0) {
-		rc = fail(errno, "cannot open /dev/vfio/vfio (is the vfio module loaded?)");
+	rc = vfio_group_attach("vfio-edu", e->group_id, ": bind all its devices to vfio-pci", e->bdf,
+			       &e->container, &e->group, &e->device);
+	if (rc)
 		goto out;
-	}
-	if (ioctl(e->container, VFIO_GET_API_VERSION) != VFIO_API_VERSION) {
-		rc = fail(EINVAL, "VFIO API version is not %d", VFIO_API_VERSION);
-		goto out;
-	}
-	if (ioctl(e->container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) <= 0) {
-		rc = fail(ENOTSUP, "no VFIO_TYPE1v2_IOMMU (is vfio_iommu_type1 loaded?)");
-		goto out;
-	}
-	snprintf(path, sizeof(path), "/dev/vfio/%d", e->group_id);
-	e->group = open_retry(path, O_RDWR, 2000);
-	if (e->group < 0) {
-		rc = fail(errno, "cannot open %s", path);
-		goto out;
-	}
-	if (ioctl(e->group, VFIO_GROUP_GET_STATUS, &status)) {
-		rc = fail(errno, "VFIO_GROUP_GET_STATUS");
-		goto out;
-	}
-	if (!(status.flags & VFIO_GROUP_FLAGS_VIABLE)) {
-		rc = fail(EBUSY, "IOMMU group %d is not viable: bind all its devices to vfio-pci", e->group_id);
-		goto out;
-	}
-	if (ioctl(e->group, VFIO_GROUP_SET_CONTAINER, &e->container)) {
-		rc = fail(errno, "VFIO_GROUP_SET_CONTAINER");
-		goto out;
-	}
-	if (ioctl(e->container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)) {
-		rc = fail(errno, "VFIO_SET_IOMMU(VFIO_TYPE1v2_IOMMU)");
-		goto out;
-	}
-	e->device = ioctl(e->group, VFIO_GROUP_GET_DEVICE_FD, e->bdf);
-	if (e->device < 0) {
-		rc = fail(errno, "VFIO_GROUP_GET_DEVICE_FD(%s)", e->bdf);
-		goto out;
-	}
 	rc = enable_bus_master(e);
 	if (rc)
 		goto out;

@@ -37,6 +37,9 @@
  *                  guest state STOPPED, 0 clients, the 2 pages still pinned
  */
 #include "vfio-edu.h"
+#include "mbox-agent.h"
+#include "vm-check.h"
+#include "vm-time.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -63,87 +66,18 @@
 
 #define P ((uint64_t)4096)
 
-/* ---- the test mailbox (same layout in tests/vm/host/agent_host.c) ---------- */
-
-#define MBOX_MAGIC 0x3130474142584d41ull	/* "AMXBAG01" in memory */
-#define MBOX_SIZE 4096u
-#define BUF_PAGES 4u
-#define KILL_PAGES 2u
-
-struct mbox {
-	uint64_t magic;		/* host, before boot */
-	uint64_t bar_size;	/* guest: BAR 2 bytes as it mapped them */
-	uint32_t guest_step;	/* guest: last step reached (release) */
-	uint32_t host_step;	/* host: last step it checked (release) */
-	uint32_t guest_failed;
-	uint32_t host_failed;
-	uint32_t release;	/* host: client A may end its reader section */
-	uint32_t npages, nkill;
-	uint32_t reserved;
-	uint64_t pid_a, pid_b, agent_pid;
-	uint64_t pages[8];	/* GPAs of the shared buffer's pages */
-	uint64_t kill_pages[8];	/* GPAs A maps before it is killed */
-	char guest_msg[512];
-	char host_msg[512];
-};
-_Static_assert(__builtin_offsetof(struct mbox, guest_step) == 16, "mailbox layout");
-_Static_assert(__builtin_offsetof(struct mbox, release) == 32, "mailbox layout");
-_Static_assert(__builtin_offsetof(struct mbox, pid_a) == 48, "mailbox layout");
-_Static_assert(__builtin_offsetof(struct mbox, pages) == 72, "mailbox layout");
-_Static_assert(__builtin_offsetof(struct mbox, guest_msg) == 200, "mailbox layout");
-_Static_assert(sizeof(struct mbox) == 1224 && sizeof(struct mbox) <= MBOX_SIZE, "mailbox layout");
-
-enum step {
-	STEP_AGENT_UP = 1,
-	STEP_CLIENTS,
-	STEP_MAPPED,
-	STEP_FIRST_UNMAP,
-	STEP_LAST_UNMAP,
-	STEP_KILLED,
-	STEP_DONE,
-};
-
 #define HOST_WAIT_MS 30000
 #define AGENT "/bin/dirty-agent"
 #define SOCK "/run/dirty-agent/agent.sock"
 
-static volatile struct mbox *mb;
-static double t0;
+static volatile struct agent_mbox *mb;
 static pid_t agent_pid;
 
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(double ms)
-{
-	struct timespec ts = { (time_t)(ms / 1000), (long)((ms - (double)(long)(ms / 1000) * 1000) * 1e6) };
-
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
+/* Give up: say why on the console and in the mailbox; returns 1. */
 __attribute__((format(printf, 1, 2)))
-static void say(const char *fmt, ...)
+static int give_up(const char *fmt, ...)
 {
-	va_list ap;
-
-	printf("vm_agent: [%7.1f ms] ", now_ms() - t0);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	putchar('\n');
-	fflush(stdout);
-}
-
-__attribute__((format(printf, 1, 2)))
-static int fail(const char *fmt, ...)
-{
-	char msg[512];
+	char msg[VM_MBOX_MSG];
 	va_list ap;
 
 	va_start(ap, fmt);
@@ -151,42 +85,32 @@ static int fail(const char *fmt, ...)
 	va_end(ap);
 	printf("vm_agent: FAIL %s\n", msg);
 	fflush(stdout);
-	if (mb) {
-		for (size_t i = 0; i < sizeof(mb->guest_msg) - 1 && msg[i]; i++)
-			mb->guest_msg[i] = msg[i];
-		__atomic_store_n(&mb->guest_failed, 1, __ATOMIC_RELEASE);
-	}
+	if (mb)
+		vm_mbox_give_up(mb->h.guest_msg, &mb->h.guest_failed, msg);
 	return 1;
 }
 
-static void publish(enum step s)
+static void publish(enum agent_step s)
 {
-	__atomic_store_n(&mb->guest_step, (uint32_t)s, __ATOMIC_RELEASE);
+	vm_mbox_publish(&mb->h.guest_step, s);
 	say("step %d published", (int)s);
 }
 
 /* Wait until the host checked step s; false if it gave up or timed out. */
-static bool host_checked(enum step s)
+static bool host_checked(enum agent_step s)
 {
-	double start = now_ms();
+	char msg[VM_MBOX_MSG];
 
-	while (__atomic_load_n(&mb->host_step, __ATOMIC_ACQUIRE) < (uint32_t)s) {
-		if (__atomic_load_n(&mb->host_failed, __ATOMIC_ACQUIRE)) {
-			char msg[sizeof(mb->host_msg)];
-
-			for (size_t i = 0; i < sizeof(msg); i++)
-				msg[i] = mb->host_msg[i];
-			msg[sizeof(msg) - 1] = 0;
-			fail("the host gave up at step %d: %s", (int)s, msg);
-			return false;
-		}
-		if (now_ms() - start > HOST_WAIT_MS) {
-			fail("the host did not check step %d within %d ms", (int)s, HOST_WAIT_MS);
-			return false;
-		}
-		sleep_ms(1);
+	switch (vm_mbox_wait_host(&mb->h, s, HOST_WAIT_MS, msg)) {
+	case 0:
+		return true;
+	case -ECANCELED:
+		give_up("the host gave up at step %d: %s", (int)s, msg);
+		return false;
+	default:
+		give_up("the host did not check step %d within %d ms", (int)s, HOST_WAIT_MS);
+		return false;
 	}
-	return true;
 }
 
 /* ---- lspci -nx from sysfs ------------------------------------------------------ */
@@ -335,13 +259,13 @@ static bool cmd(struct client *c, const char *what)
 	ssize_t n;
 
 	if (send(c->fd, what, strlen(what), MSG_NOSIGNAL) < 0)
-		return !fail("client %d: send %s: %s", (int)c->pid, what, strerror(errno));
+		return !give_up("client %d: send %s: %s", (int)c->pid, what, strerror(errno));
 	n = recv(c->fd, out, sizeof(out) - 1, 0);
 	if (n <= 0)
-		return !fail("client %d hung up on %s", (int)c->pid, what);
+		return !give_up("client %d hung up on %s", (int)c->pid, what);
 	out[n] = 0;
 	if (strncmp(out, "ok", 2))
-		return !fail("client %d: %s: %s", (int)c->pid, what, out);
+		return !give_up("client %d: %s: %s", (int)c->pid, what, out);
 	return true;
 }
 
@@ -353,7 +277,7 @@ static int start_agent(void)
 
 	agent_pid = fork();
 	if (agent_pid < 0)
-		return fail("fork: %s", strerror(errno));
+		return give_up("fork: %s", strerror(errno));
 	if (agent_pid == 0) {
 		execl(AGENT, AGENT, "-v", "--heartbeat-ms", "20", "--grace-timeout-ms", "300", (char *)NULL);
 		fprintf(stderr, "vm_agent: exec " AGENT ": %s\n", strerror(errno));
@@ -372,9 +296,9 @@ static int start_agent(void)
 		if (fd >= 0)
 			close(fd);
 		if (waitpid(agent_pid, &st, WNOHANG) == agent_pid)
-			return fail("dirty-agent exited (status %#x) before it listened", st);
+			return give_up("dirty-agent exited (status %#x) before it listened", st);
 		if (now_ms() - start > 20000)
-			return fail("dirty-agent did not listen on " SOCK " within 20 s");
+			return give_up("dirty-agent did not listen on " SOCK " within 20 s");
 		sleep_ms(5);
 	}
 	say("dirty-agent pid %d listens on " SOCK " after %.0f ms", (int)agent_pid, now_ms() - start);
@@ -398,7 +322,7 @@ static int map_region(volatile void **bar, size_t *len)
 		say("ivshmem %s holds no region (its BAR 2 is %zu bytes)", bdf, *len);
 		vm_pci_unmap_bar(*bar, *len);
 	}
-	return fail("no ivshmem device holds the region");
+	return give_up("no ivshmem device holds the region");
 }
 
 /* `dirty-agent status --json`: does it list pid's leak with refs references? */
@@ -432,27 +356,27 @@ int main(void)
 	uint8_t *buf;
 	int st, rc = 1;
 
-	t0 = now_ms();
+	vm_check_init("vm_agent", true);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	signal(SIGPIPE, SIG_IGN);
 	if (start_agent())
 		goto out;
 	if (map_region(&bar, &bar_len))
 		goto out;
-	mb = (volatile struct mbox *)((volatile uint8_t *)bar + bar_len - MBOX_SIZE);
-	if (mb->magic != MBOX_MAGIC) {
+	mb = (volatile struct agent_mbox *)((volatile uint8_t *)bar + bar_len - VM_MBOX_SIZE);
+	if (mb->h.magic != AGENT_MBOX_MAGIC) {
 		mb = NULL;
-		fail("no test mailbox at the end of the BAR (magic %#" PRIx64 ")",
-		     ((volatile struct mbox *)((volatile uint8_t *)bar + bar_len - MBOX_SIZE))->magic);
+		give_up("no test mailbox at the end of the BAR (magic %#" PRIx64 ")",
+		        ((volatile struct agent_mbox *)((volatile uint8_t *)bar + bar_len - VM_MBOX_SIZE))->h.magic);
 		goto out;
 	}
-	mb->bar_size = bar_len;
+	mb->h.bar_size = bar_len;
 	mb->agent_pid = (uint64_t)agent_pid;
 
 	/* The buffer both clients map: shared, resident, its pages' GPAs. */
 	buf = mmap(NULL, (BUF_PAGES + KILL_PAGES) * P, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (buf == MAP_FAILED || mlock(buf, (BUF_PAGES + KILL_PAGES) * P)) {
-		fail("buffer: %s", strerror(errno));
+		give_up("buffer: %s", strerror(errno));
 		goto out;
 	}
 	memset(buf, 0x5a, (BUF_PAGES + KILL_PAGES) * P);
@@ -461,7 +385,7 @@ int main(void)
 		ssize_t n = dirty_guest_pieces(buf + i * P, P, &pc, 1);
 
 		if (n != 1 || pc.len != P || pc.gpa % P) {
-			fail("dirty_guest_pieces of page %u: %zd: %s", i, n, dirty_guest_last_error());
+			give_up("dirty_guest_pieces of page %u: %zd: %s", i, n, dirty_guest_last_error());
 			goto out;
 		}
 		if (i < BUF_PAGES)
@@ -521,7 +445,7 @@ int main(void)
 		while (!(named = status_names_leak(a.pid, KILL_PAGES)) && now_ms() - start < 5000)
 			sleep_ms(100);
 		if (!named) {
-			fail("`dirty-agent status --json` does not list pid %d with %u leaked references", (int)a.pid,
+			give_up("`dirty-agent status --json` does not list pid %d with %u leaked references", (int)a.pid,
 			     KILL_PAGES);
 			goto out;
 		}
@@ -540,7 +464,7 @@ int main(void)
 	b.pid = 0;
 	kill(agent_pid, SIGTERM);
 	if (waitpid(agent_pid, &st, 0) != agent_pid || !WIFEXITED(st) || WEXITSTATUS(st)) {
-		fail("dirty-agent did not exit 0 on SIGTERM (status %#x)", st);
+		give_up("dirty-agent did not exit 0 on SIGTERM (status %#x)", st);
 		agent_pid = 0;
 		goto out;
 	}

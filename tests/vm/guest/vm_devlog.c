@@ -51,6 +51,9 @@
  */
 #include "mdev-dev.h"
 #include "vfio-edu.h"
+#include "vm-check.h"
+#include "vm-pset.h"
+#include "vm-time.h"
 #include "../mdev/ldtest-regs.h"
 
 #include <errno.h>
@@ -81,52 +84,8 @@
 #define GPA_DECOY 0x10000000ull
 #define DECOY_LEN (64ull << 20)
 
-static int failures, checks;
 static struct mdev_dev m;
 static uint64_t pattern;
-static char result[1024];
-
-__attribute__((format(printf, 1, 2)))
-static void ok(const char *fmt, ...)
-{
-	va_list ap;
-
-	checks++;
-	fputs("vm_devlog: ok   ", stdout);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	putchar('\n');
-	fflush(stdout);
-}
-
-__attribute__((format(printf, 1, 2)))
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	checks++;
-	failures++;
-	fputs("vm_devlog: FAIL ", stdout);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	putchar('\n');
-	fflush(stdout);
-}
-
-__attribute__((format(printf, 1, 2)))
-static void add_result(const char *fmt, ...)
-{
-	size_t len = strlen(result);
-	va_list ap;
-
-	if (len >= sizeof(result) - 1)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(result + len, sizeof(result) - len, fmt, ap);
-	va_end(ap);
-}
 
 /* A setup step that must work: on failure say what and where, then leave. */
 #define TRY(call) do { \
@@ -136,14 +95,6 @@ static void add_result(const char *fmt, ...)
 			     strerror(-rc_), dirty_last_error()); \
 			goto out; \
 		} \
-	} while (0)
-
-#define CHECK_EQ(what, want, got) do { \
-		long long w_ = (long long)(want), g_ = (long long)(got); \
-		if (w_ == g_) \
-			ok("%s: %lld", what, g_); \
-		else \
-			fail("%s: expected %lld, got %lld", what, w_, g_); \
 	} while (0)
 
 /* A call that must fail with want, its message naming needle. */
@@ -158,165 +109,11 @@ static void check_err(const char *what, int want, int got, const char *needle)
 		     needle ? " saying " : "", needle ? needle : "", got, msg);
 }
 
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-/* ---- page sets ------------------------------------------------------------ */
-
-struct pset {
-	uint64_t *p;
-	size_t n, c;
-};
-
-static void pset_free(struct pset *s)
-{
-	free(s->p);
-	memset(s, 0, sizeof(*s));
-}
-
-static int pset_add(struct pset *s, uint64_t gpa, uint64_t len)
-{
-	for (uint64_t a = gpa & ~(P - 1); a < gpa + len; a += P) {
-		if (s->n == s->c) {
-			size_t c = s->c ? s->c * 2 : 256;
-			uint64_t *n = realloc(s->p, c * sizeof(*n));
-
-			if (!n)
-				return -ENOMEM;
-			s->p = n;
-			s->c = c;
-		}
-		s->p[s->n++] = a;
-	}
-	return 0;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static bool pset_has(const struct pset *s, uint64_t gpa)
-{
-	return s->n && bsearch(&gpa, s->p, s->n, sizeof(*s->p), cmp_u64) != NULL;
-}
-
-/* "0x40000000+64p 0x40200000+16p": runs of pages, at most max runs. */
-static void pset_fmt(const uint64_t *p, size_t n, char *buf, size_t len, unsigned max)
-{
-	size_t off = 0;
-	unsigned runs = 0;
-
-	buf[0] = '\0';
-	if (!n) {
-		snprintf(buf, len, "{}");
-		return;
-	}
-	for (size_t i = 0; i < n && off < len; ) {
-		size_t j = i + 1;
-
-		while (j < n && p[j] == p[j - 1] + P)
-			j++;
-		if (runs++ == max) {
-			snprintf(buf + off, len - off, " ...");
-			return;
-		}
-		off += (size_t)snprintf(buf + off, len - off, "%s%#" PRIx64 "+%zup",
-					off ? " " : "", p[i], j - i);
-		i = j;
-	}
-}
-
-/* Claim everything the view holds into got (each page once per mark), sorted. */
-static int drain(struct dirty_view *v, struct pset *got)
-{
-	struct dirty_claim *cl;
-	struct dirty_run runs[64];
-	ssize_t n;
-	int rc = dirty_claim_new(v, &cl);
-
-	if (rc)
-		return rc;
-	while ((n = dirty_claim_next(cl, runs, 64)) > 0)
-		for (ssize_t i = 0; i < n; i++)
-			if (pset_add(got, runs[i].gpa, runs[i].len))
-				n = -ENOMEM;
-	dirty_claim_free(cl);
-	if (got->n)
-		qsort(got->p, got->n, sizeof(got->p[0]), cmp_u64);
-	return n < 0 ? (int)n : 0;
-}
-
-/*
- * Drain the view and compare it page by page with want (GPA ranges;
- * repeats allowed). Prints the pages missing and those that should not be
- * there. Returns the number of pages drained; *gotp (if set) keeps them.
- */
+/* The view's pages vs want, page by page (vm-pset.h); *gotp keeps them. */
 static uint64_t expect(struct dirty_view *v, const char *what, const struct dirty_range *want,
 		       size_t nwant, struct pset *gotp)
 {
-	struct pset w = { 0 }, g = { 0 }, miss = { 0 }, extra = { 0 };
-	char a[256], b[256];
-	uint64_t got_pages = 0;
-	size_t i = 0, k = 0, u = 0;
-	int rc;
-
-	for (size_t r = 0; r < nwant; r++)
-		if (pset_add(&w, want[r].gpa, want[r].len))
-			goto oom;
-	if (w.n)
-		qsort(w.p, w.n, sizeof(w.p[0]), cmp_u64);
-	for (size_t x = 0; x < w.n; x++)
-		if (!u || w.p[u - 1] != w.p[x])
-			w.p[u++] = w.p[x];
-	w.n = u;
-	rc = drain(v, &g);
-	if (rc) {
-		fail("%s: draining the view failed: %s", what, dirty_last_error());
-		goto done;
-	}
-	got_pages = g.n;
-	while (i < w.n || k < g.n) {
-		if (k == g.n || (i < w.n && w.p[i] < g.p[k])) {
-			if (pset_add(&miss, w.p[i++], P))
-				goto oom;
-		} else if (i == w.n || g.p[k] < w.p[i]) {
-			if (pset_add(&extra, g.p[k++], P))
-				goto oom;
-		} else {
-			i++;
-			k++;
-		}
-	}
-	if (!miss.n && !extra.n) {
-		pset_fmt(g.p, g.n, a, sizeof(a), 6);
-		ok("%s: %zu pages, exactly as expected: %s", what, g.n, a);
-	} else {
-		pset_fmt(miss.p, miss.n, a, sizeof(a), 8);
-		pset_fmt(extra.p, extra.n, b, sizeof(b), 8);
-		fail("%s: expected %zu pages, got %zu; missing %zu: %s; unexpected %zu: %s",
-		     what, w.n, g.n, miss.n, a, extra.n, b);
-	}
-	if (gotp) {
-		*gotp = g;
-		g = (struct pset){ 0 };
-	}
-	goto done;
-oom:
-	fail("%s: out of memory", what);
-done:
-	pset_free(&w);
-	pset_free(&g);
-	pset_free(&miss);
-	pset_free(&extra);
-	return got_pages;
+	return pset_expect(v, what, want, nwant, gotp, 6);
 }
 
 /* ---- buffers and the device -------------------------------------------------- */
@@ -499,7 +296,7 @@ static int hook_ioctl(void *ctx, int fd, unsigned long req, void *arg)
 		struct pset s = { 0 };
 
 		/* A sender thread claims and sends whatever is marked now. */
-		drain(hook.v, &s);
+		pset_drain(hook.v, &s);
 		hook.drained += s.n;
 		pset_free(&s);
 		/* Logged by the old log, which STOP is about to drop. */
@@ -1343,6 +1140,7 @@ int main(int argc, char **argv)
 	uint32_t magic;
 	int rc;
 
+	vm_check_init("vm_devlog", false);
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--no-report")) {
 			no_report = true;

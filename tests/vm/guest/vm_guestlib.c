@@ -23,9 +23,10 @@
  *
  * The host checks what it sees at each step. Host and guest step each
  * other through a TEST-ONLY mailbox in the BAR's last 4 KiB, past the
- * protocol region (nobody else uses those bytes; it is no part of the
- * protocol). Each side publishes its step number with a release store
- * after the data of that step, and waits (with a timeout) for the other's.
+ * protocol region (mbox-guestlib.h; nobody else uses those bytes; it is no
+ * part of the protocol). Each side publishes its step number with a release
+ * store after the data of that step, and waits (with a timeout) for the
+ * other's.
  * Steps, with what the host checks when the guest reaches them:
  *
  *   1 OPENED       region opened (guest state RUNNING), agent NOT started:
@@ -49,6 +50,9 @@
  * RESULT ...". Exit 0 when the guest's own part went through.
  */
 #include "vfio-edu.h"
+#include "mbox-guestlib.h"
+#include "vm-check.h"
+#include "vm-time.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -66,53 +70,6 @@
 #include <libdirty/proto.h>
 
 #define P ((uint64_t)4096)
-
-/* ---- the test mailbox (same layout in tests/vm/host/gp_host.c) ----------- */
-
-/*
- * TEST-ONLY: not part of the guest protocol. It lives in the last MBOX_SIZE
- * bytes of the BAR, which the host checked are past the protocol region.
- * One writer per field; the step words are the only ones read while the
- * other side may write, with acquire/release pairs.
- */
-#define MBOX_MAGIC 0x31304f58424d4c47ull	/* "GLMBOX01" in memory */
-#define MBOX_SIZE 4096u
-#define MBOX_MAX_PAGES 32u
-
-struct mbox {
-	uint64_t magic;		/* host, before boot */
-	uint64_t bar_size;	/* guest: BAR 2 bytes as it mapped them */
-	uint32_t guest_step;	/* guest: last step reached (release) */
-	uint32_t host_step;	/* host: last step it checked (release) */
-	uint32_t guest_failed;	/* guest gave up; guest_msg says why */
-	uint32_t host_failed;	/* host gave up; host_msg says why */
-	uint32_t nfrom, nto, nsynced;	/* entries of from[], to[], synced[] */
-	uint32_t reserved;
-	uint64_t from[MBOX_MAX_PAGES];	/* page GPAs of the FROM_DEVICE mapping */
-	uint64_t to[MBOX_MAX_PAGES];	/* page GPAs of the TO_DEVICE mapping */
-	uint64_t synced[MBOX_MAX_PAGES];	/* FROM pages synced for the CPU while mapped */
-	char guest_msg[512];
-	char host_msg[512];
-};
-_Static_assert(__builtin_offsetof(struct mbox, guest_step) == 16, "mailbox layout");
-_Static_assert(__builtin_offsetof(struct mbox, nfrom) == 32, "mailbox layout");
-_Static_assert(__builtin_offsetof(struct mbox, from) == 48, "mailbox layout");
-_Static_assert(__builtin_offsetof(struct mbox, to) == 304, "mailbox layout");
-_Static_assert(__builtin_offsetof(struct mbox, synced) == 560, "mailbox layout");
-_Static_assert(__builtin_offsetof(struct mbox, guest_msg) == 816, "mailbox layout");
-_Static_assert(__builtin_offsetof(struct mbox, host_msg) == 1328, "mailbox layout");
-_Static_assert(sizeof(struct mbox) == 1840 && sizeof(struct mbox) <= MBOX_SIZE, "mailbox layout");
-
-enum step {
-	STEP_OPENED = 1,
-	STEP_AGENT,
-	STEP_TO_MAPPED,
-	STEP_TO_DONE,
-	STEP_FROM_MAPPED,
-	STEP_FROM_SYNCED,
-	STEP_FROM_DONE,
-	STEP_CLOSED,
-};
 
 /* How long the guest waits for the host to check one step. */
 #define HOST_WAIT_MS 30000
@@ -135,7 +92,8 @@ enum step {
  * boundary), 15 (its last byte). The other ten pages keep their sentinel:
  * edu never touches them, and they are not mapped for the protocol. The
  * first SYNCED_DMAS ranges are synced for the CPU while mapped, the rest
- * only unmapped. gp_host.c expects 6 FROM pages (3 synced) and 2 TO pages.
+ * only unmapped: FROM_PAGES pages (SYNCED_PAGES synced) and TO_PAGES, the
+ * plan mbox-guestlib.h shares with gp_host.c.
  */
 static const struct {
 	uint32_t off, count;
@@ -147,47 +105,13 @@ static const struct {
 };
 #define FROM_DMAS (sizeof(from_plan) / sizeof(from_plan[0]))
 #define SYNCED_DMAS 2u
-#define FROM_PAGES 6u
-#define SYNCED_PAGES 3u
-#define TO_PAGES 2u
 #define SENTINEL 0xee
 
 /* Pieces: each planned range is at most two pages, so two pieces. */
 #define MAX_PIECES (2 * FROM_DMAS + 2)
 
 static struct vfio_edu edu;
-static volatile struct mbox *mb;
-static double t0;
-
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
-__attribute__((format(printf, 1, 2)))
-static void say(const char *fmt, ...)
-{
-	va_list ap;
-
-	printf("vm_guestlib: [%7.1f ms] ", now_ms() - t0);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	putchar('\n');
-	fflush(stdout);
-}
-
+static volatile struct gl_mbox *mb;
 /*
  * Give up: say why on the console and in the mailbox (so the host prints
  * it with its own view), then exit 1. Only the guest writes guest_msg.
@@ -204,15 +128,8 @@ static void die(const char *fmt, ...)
 	printf("vm_guestlib: FAIL %s\n", msg);
 	printf("vm_guestlib: RESULT failed\n");
 	fflush(stdout);
-	if (mb) {
-		for (size_t i = 0; i < sizeof(mb->guest_msg); i++) {
-			mb->guest_msg[i] = msg[i];
-			if (!msg[i])
-				break;
-		}
-		mb->guest_msg[sizeof(mb->guest_msg) - 1] = '\0';
-		__atomic_store_n(&mb->guest_failed, 1, __ATOMIC_RELEASE);
-	}
+	if (mb)
+		vm_mbox_give_up(mb->h.guest_msg, &mb->h.guest_failed, msg);
 	exit(1);
 }
 
@@ -231,29 +148,21 @@ static void die(const char *fmt, ...)
 	} while (0)
 
 /* Publish step s (after its data), then wait for the host to check it. */
-static void step(enum step s, const char *what)
+static void step(enum gl_step s, const char *what)
 {
 	double start = now_ms();
+	char msg[VM_MBOX_MSG];
 
-	__atomic_store_n(&mb->guest_step, (uint32_t)s, __ATOMIC_RELEASE);
+	vm_mbox_publish(&mb->h.guest_step, s);
 	say("step %d %s: waiting for the host", (int)s, what);
-	for (;;) {
-		if (__atomic_load_n(&mb->host_failed, __ATOMIC_ACQUIRE)) {
-			char msg[sizeof(mb->host_msg)];
-
-			/* Bounded copy: the host's text may lack its NUL. */
-			for (size_t i = 0; i < sizeof(msg); i++)
-				msg[i] = mb->host_msg[i];
-			msg[sizeof(msg) - 1] = '\0';
-			die("the host gave up at step %d: %s", (int)s, msg);
-		}
-		if (__atomic_load_n(&mb->host_step, __ATOMIC_ACQUIRE) >= (uint32_t)s)
-			break;
-		if (now_ms() - start > HOST_WAIT_MS)
-			die("step %d %s: the host did not answer within %d ms (host step %u)",
-			    (int)s, what, HOST_WAIT_MS,
-			    __atomic_load_n(&mb->host_step, __ATOMIC_ACQUIRE));
-		sleep_ms(1);
+	switch (vm_mbox_wait_host(&mb->h, s, HOST_WAIT_MS, msg)) {
+	case 0:
+		break;
+	case -ECANCELED:
+		die("the host gave up at step %d: %s", (int)s, msg);
+	default:
+		die("step %d %s: the host did not answer within %d ms (host step %u)",
+		    (int)s, what, HOST_WAIT_MS, vm_mbox_load(&mb->h.host_step));
 	}
 	say("step %d %s: host checked it (%.1f ms)", (int)s, what, now_ms() - start);
 }
@@ -359,26 +268,26 @@ static uint8_t *alloc_pages(unsigned pages, uint8_t fill)
 static void map_mailbox(char *bdf, size_t bdflen, size_t *bar_len)
 {
 	volatile void *bar;
-	volatile struct mbox *m;
+	volatile struct gl_mbox *m;
 
 	TRY(vm_pci_find(IVSHMEM_VENDOR, IVSHMEM_DEVICE, 0, bdf, bdflen));
 	/* Also enables the BAR's memory decoding, before the library maps it. */
 	TRY(vm_pci_map_bar(bdf, 2, &bar, bar_len));
-	if (*bar_len < 2 * MBOX_SIZE)
+	if (*bar_len < 2 * VM_MBOX_SIZE)
 		die("ivshmem %s BAR 2 is %zu bytes: no room for the test mailbox", bdf, *bar_len);
-	m = (volatile struct mbox *)((volatile uint8_t *)bar + *bar_len - MBOX_SIZE);
-	if (m->magic != MBOX_MAGIC)
+	m = (volatile struct gl_mbox *)((volatile uint8_t *)bar + *bar_len - VM_MBOX_SIZE);
+	if (m->h.magic != GL_MBOX_MAGIC)
 		die("ivshmem %s: no test mailbox at BAR offset %#zx (magic %#" PRIx64 "); was the host program started?",
-		    bdf, *bar_len - MBOX_SIZE, (uint64_t)m->magic);
+		    bdf, *bar_len - VM_MBOX_SIZE, (uint64_t)m->h.magic);
 	mb = m;
-	mb->bar_size = *bar_len;
+	mb->h.bar_size = *bar_len;
 }
 
 int main(void)
 {
 	struct dirty_dma_piece to_pc[MAX_PIECES], from_pc[MAX_PIECES];
 	size_t nto = 0, nfrom = 0, nsync_pc = 0, bar_len = 0;
-	uint64_t to_pages[MBOX_MAX_PAGES], from_pages[MBOX_MAX_PAGES], sync_pages[MBOX_MAX_PAGES];
+	uint64_t to_pages[GL_MBOX_MAX_PAGES], from_pages[GL_MBOX_MAX_PAGES], sync_pages[GL_MBOX_MAX_PAGES];
 	struct dirty_proto_layout lay;
 	struct dirty_guest_info info;
 	struct dirty_guest *g = NULL;
@@ -387,12 +296,12 @@ int main(void)
 	uint8_t *to_buf, *from_buf;
 	size_t n;
 
-	t0 = now_ms();
+	vm_check_init("vm_guestlib", true);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	uname(&u);
 	map_mailbox(bdf, sizeof(bdf), &bar_len);
 	say("kernel %s; ivshmem %s: BAR 2 %zu bytes, test mailbox at %#zx", u.release, bdf,
-	    bar_len, bar_len - MBOX_SIZE);
+	    bar_len, bar_len - VM_MBOX_SIZE);
 
 	/* edu through VFIO, its two buffers DMA-mapped before any report. */
 	TRY(vfio_edu_open(&edu));
@@ -414,13 +323,13 @@ int main(void)
 		if (i + 1 == SYNCED_DMAS)
 			nsync_pc = nfrom;
 	}
-	n = pages_of(to_pc, nto, to_pages, MBOX_MAX_PAGES);
+	n = pages_of(to_pc, nto, to_pages, GL_MBOX_MAX_PAGES);
 	if (n != TO_PAGES)
 		die("the TO pieces touch %zu pages, the plan says %u", n, TO_PAGES);
-	n = pages_of(from_pc, nfrom, from_pages, MBOX_MAX_PAGES);
+	n = pages_of(from_pc, nfrom, from_pages, GL_MBOX_MAX_PAGES);
 	if (n != FROM_PAGES)
 		die("the FROM pieces touch %zu pages, the plan says %u", n, FROM_PAGES);
-	n = pages_of(from_pc, nsync_pc, sync_pages, MBOX_MAX_PAGES);
+	n = pages_of(from_pc, nsync_pc, sync_pages, GL_MBOX_MAX_PAGES);
 	if (n != SYNCED_PAGES)
 		die("the synced FROM pieces touch %zu pages, the plan says %u", n, SYNCED_PAGES);
 
@@ -428,7 +337,7 @@ int main(void)
 	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/resource2", bdf);
 	LIB(dirty_guest_open_path(path, &g));
 	LIB(dirty_guest_info(g, &info));
-	if (dirty_proto_layout(info.npages, &lay) || lay.region_size > bar_len - MBOX_SIZE)
+	if (dirty_proto_layout(info.npages, &lay) || lay.region_size > bar_len - VM_MBOX_SIZE)
 		die("the protocol region (%" PRIu64 " pages) overlaps the test mailbox", info.npages);
 	say("opened %s: %" PRIu64 " pages of %" PRIu64 " bytes from GPA %#" PRIx64
 	    ", protocol v%u.%u, region %" PRIu64 " bytes in a %zu-byte BAR, tracking %d",
@@ -491,7 +400,7 @@ int main(void)
 	TRY(vfio_type1_unmap_dma(edu.container, FROM_IOVA, FROM_BUF_PAGES * P));
 	TRY(vfio_type1_unmap_dma(edu.container, TO_IOVA, TO_BUF_PAGES * P));
 	vfio_edu_close(&edu);
-	say("done in %.1f ms", now_ms() - t0);
+	say("done in %.1f ms", vm_elapsed_ms());
 	printf("vm_guestlib: RESULT ok kernel=%s to_pieces=%zu from_pieces=%zu synced_pieces=%zu to_pages=%u from_pages=%u synced_pages=%u\n",
 	       u.release, nto, nfrom, nsync_pc, TO_PAGES, FROM_PAGES, SYNCED_PAGES);
 	return 0;

@@ -22,6 +22,7 @@
  *                     IOMMUFD_DRIVER): part b expects EOPNOTSUPP instead
  */
 #include "mdev-dev.h"
+#include "vm-check.h"
 #include "vfio-edu.h"
 #include "../mdev/ldtest-regs.h"
 
@@ -53,37 +54,7 @@
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
-static int failures;
 static uint64_t pattern;
-static char result[1024];
-
-__attribute__((format(printf, 1, 2)))
-static void add_result(const char *fmt, ...)
-{
-	size_t len = strlen(result);
-	va_list ap;
-
-	if (len >= sizeof(result) - 1)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(result + len, sizeof(result) - len, fmt, ap);
-	va_end(ap);
-}
-
-__attribute__((format(printf, 2, 3)))
-static bool check(bool ok, const char *fmt, ...)
-{
-	va_list ap;
-
-	printf("vm_mdev: %s ", ok ? "ok  " : "FAIL");
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	putchar('\n');
-	if (!ok)
-		failures++;
-	return ok;
-}
 
 static const char *errname(int err)
 {
@@ -101,7 +72,7 @@ static bool check_err(int want, int got, const char *what)
 	char w[64];
 
 	snprintf(w, sizeof(w), "%s", errname(want));
-	return check(-got == want, "%s: expected %s, got %s", what, w, errname(got));
+	return vm_check(-got == want, "%s: expected %s, got %s", what, w, errname(got));
 }
 
 /* ---- page sets ---- */
@@ -155,13 +126,13 @@ static bool check_pages(const char *what, const uint64_t *got, unsigned n, const
 	bool ok;
 
 	if ((n + 63) / 64 > ARRAY_LEN(want)) {
-		check(false, "%s: bitmap of %u pages is larger than this test expects", what, n);
+		vm_check(false, "%s: bitmap of %u pages is larger than this test expects", what, n);
 		return false;
 	}
 	set_bits(want, n, pages, count);
 	for (unsigned i = 0; i < n; i++)
 		bad += bit(want, i) != bit(got, i);
-	ok = check(bad == 0, "%s: expected pages {%s}, reported {%s}", what,
+	ok = vm_check(bad == 0, "%s: expected pages {%s}, reported {%s}", what,
 		   fmt_bits(want, n, w, sizeof(w)), fmt_bits(got, n, g, sizeof(g)));
 	for (unsigned i = 0; i < n && bad; i++)
 		if (bit(want, i) != bit(got, i))
@@ -178,7 +149,7 @@ static uint32_t reg32(const struct mdev_dev *m, uint32_t reg)
 	int rc = mdev_read32(m, reg, &v);
 
 	if (rc)
-		check(false, "read of register %#x: %s", reg, errname(rc));
+		vm_check(false, "read of register %#x: %s", reg, errname(rc));
 	return v;
 }
 
@@ -188,7 +159,7 @@ static uint64_t reg64(const struct mdev_dev *m, uint32_t reg)
 	int rc = mdev_read64(m, reg, &v);
 
 	if (rc)
-		check(false, "read of register %#x: %s", reg, errname(rc));
+		vm_check(false, "read of register %#x: %s", reg, errname(rc));
 	return v;
 }
 
@@ -203,7 +174,7 @@ static int dev_cmd(const struct mdev_dev *m, uint32_t cmd, uint64_t iova, uint32
 	    (rc = mdev_write32(m, LDTEST_REG_FLAGS, flags)) ||
 	    (rc = mdev_write64(m, LDTEST_REG_PATTERN, pattern)) ||
 	    (rc = mdev_write32(m, LDTEST_REG_CMD, cmd))) {
-		check(false, "register write for command %u: %s", cmd, errname(rc));
+		vm_check(false, "register write for command %u: %s", cmd, errname(rc));
 		return rc;
 	}
 	if (done)
@@ -218,7 +189,7 @@ static bool dev_write(const struct mdev_dev *m, uint64_t iova, uint32_t npages, 
 	uint32_t done = 0, want = (flags & LDTEST_F_NO_DATA) ? 0 : npages;
 	int rc = dev_cmd(m, LDTEST_CMD_WRITE, iova, npages, flags, &done);
 
-	return check(rc == 0 && done == want,
+	return vm_check(rc == 0 && done == want,
 		     "device WRITE %s (iova %#" PRIx64 ", %u page%s, flags %#x): expected status 0 "
 		     "and %u pages written, got status %s, %u written",
 		     what, iova, npages, npages == 1 ? "" : "s", flags, want, errname(rc), done);
@@ -253,7 +224,7 @@ static bool check_data(const char *what, const uint8_t *buf, uint64_t base, unsi
 				       first);
 		}
 	}
-	return check(bad == 0, "%s data: expected the stamp in exactly the %zu written page(s) of %u, "
+	return vm_check(bad == 0, "%s data: expected the stamp in exactly the %zu written page(s) of %u, "
 		     "%u page(s) wrong", what, count, npages, bad);
 }
 
@@ -263,12 +234,12 @@ static uint8_t *map_buffer(int container, uint64_t iova, unsigned npages)
 	uint8_t *buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	if (buf == MAP_FAILED) {
-		check(false, "mmap of %zu bytes: %s", size, strerror(errno));
+		vm_check(false, "mmap of %zu bytes: %s", size, strerror(errno));
 		return NULL;
 	}
 	memset(buf, 0xa5, size);
 	if (vfio_type1_map_dma(container, buf, iova, size)) {
-		check(false, "VFIO_IOMMU_MAP_DMA of %u pages at %#" PRIx64, npages, iova);
+		vm_check(false, "VFIO_IOMMU_MAP_DMA of %u pages at %#" PRIx64, npages, iova);
 		munmap(buf, size);
 		return NULL;
 	}
@@ -292,19 +263,19 @@ static void part_a(const struct mdev_dev *m, uint8_t *a)
 
 	printf("vm_mdev: --- a. type1 dirty tracking, pinned-page scope ---\n");
 	rc = vfio_type1_dirty_pgsize(m->container, &pgsize);
-	check(rc == 0 && pgsize == PAGE, "type1 migration capability page size: expected %u, got %" PRIu64
+	vm_check(rc == 0 && pgsize == PAGE, "type1 migration capability page size: expected %u, got %" PRIu64
 	      " (%s)", PAGE, pgsize, errname(rc));
 
 	/* A pin held from before START: type1 seeds its bitmaps with pins. */
 	dev_write(m, IOVA_A + 3 * PAGE, 1, LDTEST_F_KEEP_PINNED, "A[3] before START, keep pinned");
-	check(reg32(m, LDTEST_REG_PINNED) == 1, "PINNED register: expected 1, got %u",
+	vm_check(reg32(m, LDTEST_REG_PINNED) == 1, "PINNED register: expected 1, got %u",
 	      reg32(m, LDTEST_REG_PINNED));
 	rc = vfio_type1_dirty_start(m->container);
-	if (!check(rc == 0, "VFIO_IOMMU_DIRTY_PAGES START: %s", errname(rc)))
+	if (!vm_check(rc == 0, "VFIO_IOMMU_DIRTY_PAGES START: %s", errname(rc)))
 		return;
 
 	rc = type1_get(m, IOVA_A, PAGES_A, bm);
-	if (!check(rc == 0, "GET_BITMAP #1 (nothing since START): %s", errname(rc)))
+	if (!vm_check(rc == 0, "GET_BITMAP #1 (nothing since START): %s", errname(rc)))
 		return;
 	check_pages("type1 GET #1, right after START", bm, PAGES_A, (unsigned[]){ 3 }, 1);
 
@@ -315,7 +286,7 @@ static void part_a(const struct mdev_dev *m, uint8_t *a)
 	dev_write(m, IOVA_A + 40 * PAGE, 1, LDTEST_F_NO_DATA, "A[40] pin+unpin, no data");
 	dev_write(m, IOVA_A + 50 * PAGE, 1, LDTEST_F_KMAP, "A[50] pin+kmap write+unpin");
 	rc = type1_get(m, IOVA_A, PAGES_A, bm);
-	if (check(rc == 0, "GET_BITMAP #2: %s", errname(rc))) {
+	if (vm_check(rc == 0, "GET_BITMAP #2: %s", errname(rc))) {
 		static const unsigned want[] = { 0, 3, 5, 6, 7, 20, 30, 31, 40, 50 };
 
 		if (check_pages("type1 GET #2, after the device's writes", bm, PAGES_A, want,
@@ -323,7 +294,7 @@ static void part_a(const struct mdev_dev *m, uint8_t *a)
 			add_result("type1_pinned_scope=%u/%u ", (unsigned)ARRAY_LEN(want), PAGES_A);
 	}
 	rc = type1_get(m, IOVA_A, PAGES_A, bm);
-	if (check(rc == 0, "GET_BITMAP #3: %s", errname(rc)))
+	if (vm_check(rc == 0, "GET_BITMAP #3: %s", errname(rc)))
 		check_pages("type1 GET #3, no device activity (pages still pinned)", bm, PAGES_A,
 			    (unsigned[]){ 3, 30, 31 }, 3);
 
@@ -331,15 +302,15 @@ static void part_a(const struct mdev_dev *m, uint8_t *a)
 		uint32_t done = 0;
 
 		rc = dev_cmd(m, LDTEST_CMD_UNPIN, IOVA_A + 30 * PAGE, 2, 0, &done);
-		check(rc == 0 && done == 2, "device UNPIN A[30..31]: expected status 0, 2 unpinned; got %s, %u",
+		vm_check(rc == 0 && done == 2, "device UNPIN A[30..31]: expected status 0, 2 unpinned; got %s, %u",
 		      errname(rc), done);
 	}
 	rc = type1_get(m, IOVA_A, PAGES_A, bm);
-	if (check(rc == 0, "GET_BITMAP #4: %s", errname(rc)))
+	if (vm_check(rc == 0, "GET_BITMAP #4: %s", errname(rc)))
 		check_pages("type1 GET #4, after UNPIN of A[30..31] (pinned during the interval)", bm,
 			    PAGES_A, (unsigned[]){ 3, 30, 31 }, 3);
 	rc = type1_get(m, IOVA_A, PAGES_A, bm);
-	if (check(rc == 0, "GET_BITMAP #5: %s", errname(rc)))
+	if (vm_check(rc == 0, "GET_BITMAP #5: %s", errname(rc)))
 		check_pages("type1 GET #5, only A[3] still pinned", bm, PAGES_A, (unsigned[]){ 3 }, 1);
 
 	{
@@ -354,12 +325,12 @@ static void part_a(const struct mdev_dev *m, uint8_t *a)
 		uint32_t done = 0;
 
 		rc = dev_cmd(m, LDTEST_CMD_WRITE, IOVA_A + 60 * PAGE, 8, 0, &done);
-		check(-rc == EINVAL && done == 0 && reg32(m, LDTEST_REG_PINNED) == 1,
+		vm_check(-rc == EINVAL && done == 0 && reg32(m, LDTEST_REG_PINNED) == 1,
 		      "device WRITE A[60..67] (4 pages past mapping A): expected status %s, 0 written, "
 		      "1 pin held; got %s, %u, %u", "EINVAL", errname(rc), done,
 		      reg32(m, LDTEST_REG_PINNED));
 		rc = type1_get(m, IOVA_A, PAGES_A, bm);
-		if (check(rc == 0, "GET_BITMAP #6: %s", errname(rc)))
+		if (vm_check(rc == 0, "GET_BITMAP #6: %s", errname(rc)))
 			check_pages("type1 GET #6, after the failed pin of A[60..67]", bm, PAGES_A,
 				    (unsigned[]){ 3, 60, 61, 62, 63 }, 5);
 	}
@@ -374,13 +345,13 @@ static void part_a(const struct mdev_dev *m, uint8_t *a)
 	dev_write(m, IOVA_B + 9 * PAGE, 1, LDTEST_F_KEEP_PINNED, "B[9] keep pinned");
 	rc = vfio_type1_unmap_dma_dirty(m->container, IOVA_B, (uint64_t)PAGES_B * PAGE, PAGE, bm,
 					sizeof(bm), &unmapped);
-	if (check(rc == 0 && unmapped == (uint64_t)PAGES_B * PAGE,
+	if (vm_check(rc == 0 && unmapped == (uint64_t)PAGES_B * PAGE,
 		  "UNMAP_DMA of B with GET_DIRTY_BITMAP: expected 0 and %u bytes, got %s and %" PRIu64,
 		  PAGES_B * PAGE, errname(rc), unmapped)) {
 		if (check_pages("type1 unmap bitmap of B", bm, PAGES_B, (unsigned[]){ 2, 9 }, 2))
 			add_result("unmap_bitmap=2/%u ", PAGES_B);
 	}
-	check(reg32(m, LDTEST_REG_UNMAP_CALLS) > unmaps0 && reg32(m, LDTEST_REG_PINNED) == 1,
+	vm_check(reg32(m, LDTEST_REG_UNMAP_CALLS) > unmaps0 && reg32(m, LDTEST_REG_PINNED) == 1,
 	      "device dma_unmap callback: expected >= 1 call and the B[9] pin dropped (1 pin left); "
 	      "got %u call(s), %u pin(s)", reg32(m, LDTEST_REG_UNMAP_CALLS) - unmaps0,
 	      reg32(m, LDTEST_REG_PINNED));
@@ -388,7 +359,7 @@ static void part_a(const struct mdev_dev *m, uint8_t *a)
 	munmap(b, (size_t)PAGES_B * PAGE);
 
 	rc = vfio_type1_dirty_stop(m->container);
-	check(rc == 0, "VFIO_IOMMU_DIRTY_PAGES STOP: %s", errname(rc));
+	vm_check(rc == 0, "VFIO_IOMMU_DIRTY_PAGES STOP: %s", errname(rc));
 }
 
 /* ---- b. device DMA logging ---- */
@@ -406,7 +377,7 @@ static bool report_check(const struct mdev_dev *m, const char *what, uint64_t io
 	uint64_t bm[(PAGES_A + 63) / 64];
 	int rc = report(m, iova, npages, PAGE, bm, ARRAY_LEN(bm));
 
-	if (!check(rc == 0, "REPORT %s: %s", what, errname(rc)))
+	if (!vm_check(rc == 0, "REPORT %s: %s", what, errname(rc)))
 		return false;
 	return check_pages(what, bm, npages, pages, count);
 }
@@ -418,7 +389,7 @@ static void set_max_ranges(unsigned n)
 
 	snprintf(v, sizeof(v), "%u", n);
 	if (fd < 0 || write(fd, v, strlen(v)) != (ssize_t)strlen(v))
-		check(false, "cannot set /sys/module/ldtest/parameters/log_max_ranges to %u: %s", n,
+		vm_check(false, "cannot set /sys/module/ldtest/parameters/log_max_ranges to %u: %s", n,
 		      strerror(errno));
 	if (fd >= 0)
 		close(fd);
@@ -470,7 +441,7 @@ static void part_b(const struct mdev_dev *m)
 	}
 	many = calloc(257, sizeof(*many));
 	if (!many) {
-		check(false, "out of memory");
+		vm_check(false, "out of memory");
 		return;
 	}
 	for (unsigned i = 0; i < 257; i++) {
@@ -486,7 +457,7 @@ static void part_b(const struct mdev_dev *m)
 	pgsize = PAGE;
 	rc = vfio_dma_logging_start(m->device, many, 3, &pgsize);
 	check_err(E2BIG, rc, "START with 3 ranges, device limit 2 (device)");
-	check(maxr == 2, "LOG_MAX_RANGES register with log_max_ranges=2: expected 2, got %u", maxr);
+	vm_check(maxr == 2, "LOG_MAX_RANGES register with log_max_ranges=2: expected 2, got %u", maxr);
 	set_max_ranges(256);
 	pgsize = PAGE;
 	rc = vfio_dma_logging_start(m->device, many, 256, &pgsize);
@@ -497,7 +468,7 @@ static void part_b(const struct mdev_dev *m)
 	/* The real START: A and E, a 64 KiB hint; the device picks 4 KiB. */
 	pgsize = 64u << 10;
 	rc = vfio_dma_logging_start(m->device, two, 2, &pgsize);
-	if (!check(rc == 0 && pgsize == PAGE,
+	if (!vm_check(rc == 0 && pgsize == PAGE,
 		   "START of A (64 pages) and E (16 pages) with a 64 KiB hint: expected 0 and page "
 		   "size %u, got %s and %" PRIu64, PAGE, errname(rc), pgsize))
 		return;
@@ -509,7 +480,7 @@ static void part_b(const struct mdev_dev *m)
 		rc = vfio_dma_logging_start(m->device, two, 2, &p2);
 		check_err(EBUSY, rc, "second START without STOP");
 		add_result("start_twice=%s ", rc ? strerror(-rc) : "accepted");
-		check(reg32(m, LDTEST_REG_LOG_RANGES) == 2,
+		vm_check(reg32(m, LDTEST_REG_LOG_RANGES) == 2,
 		      "logging after the refused START: expected 2 ranges, got %u",
 		      reg32(m, LDTEST_REG_LOG_RANGES));
 	}
@@ -542,13 +513,13 @@ static void part_b(const struct mdev_dev *m)
 		unsigned n = 0;
 
 		if (!big) {
-			check(false, "out of memory");
+			vm_check(false, "out of memory");
 			return;
 		}
 		rc = vfio_dma_logging_report(m->device, IOVA_A, span, PAGE, big);
 		for (uint64_t i = 0; i < span / PAGE; i++)
 			n += (big[i / 64] >> (i % 64)) & 1;
-		check(rc == 0 && n == 0, "REPORT of A..C (%" PRIu64 " pages, ranges and holes): expected 0 "
+		vm_check(rc == 0 && n == 0, "REPORT of A..C (%" PRIu64 " pages, ranges and holes): expected 0 "
 		      "and no page, got %s and %u page(s)", span / PAGE, errname(rc), n);
 		free(big);
 	}
@@ -560,14 +531,14 @@ static void part_b(const struct mdev_dev *m)
 	dev_write(m, IOVA_A + 9 * PAGE, 1, 0, "A[9]");
 	dev_write(m, IOVA_E + 3 * PAGE, 1, 0, "E[3]");
 	rc = report(m, IOVA_A, PAGES_A, 2 * PAGE, bm, ARRAY_LEN(bm));
-	if (check(rc == 0, "REPORT of A at 8 KiB: %s", errname(rc)))
+	if (vm_check(rc == 0, "REPORT of A at 8 KiB: %s", errname(rc)))
 		check_pages("DMA log REPORT of A at 8 KiB pages (A[4] -> bit 2, A[9] -> bit 4)", bm,
 			    PAGES_A / 2, (unsigned[]){ 2, 4 }, 2);
 	rc = report(m, IOVA_E, PAGES_E, 2u << 20, bm, ARRAY_LEN(bm));
-	if (check(rc == 0, "REPORT of E at 2 MiB: %s", errname(rc)))
+	if (vm_check(rc == 0, "REPORT of E at 2 MiB: %s", errname(rc)))
 		check_pages("DMA log REPORT of E at 2 MiB pages (E[3] -> bit 0)", bm, 1,
 			    (unsigned[]){ 0 }, 1);
-	check(reg32(m, LDTEST_REG_LOG_DIRTY) == 0, "pages left in the device log: expected 0, got %u",
+	vm_check(reg32(m, LDTEST_REG_LOG_DIRTY) == 0, "pages left in the device log: expected 0, got %u",
 	      reg32(m, LDTEST_REG_LOG_DIRTY));
 	rc = report(m, IOVA_A, PAGES_A, 2048, bm, ARRAY_LEN(bm));
 	check_err(EINVAL, rc, "REPORT at 2 KiB pages (core: at least 4 KiB)");
@@ -584,7 +555,7 @@ static void part_b(const struct mdev_dev *m)
 
 		for (size_t i = 0; i < ARRAY_LEN(bm); i++)
 			n += (unsigned)__builtin_popcountll(bm[i]);
-		check(rc == 0 && n == 0, "REPORT of length 0: expected 0 and no bit set, got %s and %u bit(s)",
+		vm_check(rc == 0 && n == 0, "REPORT of length 0: expected 0 and no bit set, got %s and %u bit(s)",
 		      errname(rc), n);
 	}
 	/* An unaligned REPORT window (the core does not check alignment):
@@ -593,7 +564,7 @@ static void part_b(const struct mdev_dev *m)
 	dev_write(m, IOVA_A + 1 * PAGE, 1, 0, "A[1]");
 	rc = vfio_dma_logging_report(m->device, IOVA_A + PAGE / 2, 2 * PAGE, PAGE,
 				     memset(bm, 0, sizeof(bm)));
-	if (check(rc == 0, "REPORT of [A + 2 KiB, + 8 KiB): %s", errname(rc)))
+	if (vm_check(rc == 0, "REPORT of [A + 2 KiB, + 8 KiB): %s", errname(rc)))
 		check_pages("unaligned REPORT (A[1] inside: bits 0-1; A[2] half inside: bit 1)", bm, 2,
 			    (unsigned[]){ 0, 1 }, 2);
 	report_check(m, "DMA log REPORT of A after the unaligned one (A[2] kept, A[1] cleared)",
@@ -604,7 +575,7 @@ static void part_b(const struct mdev_dev *m)
 	memset(bm, 0, sizeof(bm));
 	bm[0] = 1ull << 7;
 	rc = vfio_dma_logging_report(m->device, IOVA_A, (uint64_t)PAGES_A * PAGE, PAGE, bm);
-	if (check(rc == 0, "REPORT into a bitmap with bit 7 already set: %s", errname(rc)))
+	if (vm_check(rc == 0, "REPORT into a bitmap with bit 7 already set: %s", errname(rc)))
 		check_pages("REPORT ORs into the bitmap (A[6] written, bit 7 preset)", bm, PAGES_A,
 			    (unsigned[]){ 6, 7 }, 2);
 
@@ -624,13 +595,13 @@ static void part_b(const struct mdev_dev *m)
 	report_check(m, "DMA log REPORT of E right after the new START", IOVA_E, PAGES_E, NULL, 0);
 	dev_write(m, IOVA_E + 5 * PAGE, 1, 0, "E[5]");
 	rc = vfio_type1_unmap_dma(m->container, IOVA_E, (uint64_t)PAGES_E * PAGE);
-	check(rc == 0, "UNMAP_DMA of E while it is logged: %s", errname(rc));
+	vm_check(rc == 0, "UNMAP_DMA of E while it is logged: %s", errname(rc));
 	report_check(m, "DMA log REPORT of E after E was unmapped", IOVA_E, PAGES_E,
 		     (unsigned[]){ 5 }, 1);
 	check_err(0, vfio_dma_logging_stop(m->device), "final STOP");
 
 	rc = vfio_type1_unmap_dma(m->container, IOVA_C, (uint64_t)PAGES_C * PAGE);
-	check(rc == 0, "UNMAP_DMA of C: %s", errname(rc));
+	vm_check(rc == 0, "UNMAP_DMA of C: %s", errname(rc));
 	munmap(e, (size_t)PAGES_E * PAGE);
 	munmap(c, (size_t)PAGES_C * PAGE);
 }
@@ -648,7 +619,7 @@ static void part_b_no_report(const struct mdev_dev *m)
 	check_err(0, vfio_feature_probe(m->device, VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
 					VFIO_DEVICE_FEATURE_SET), "PROBE DMA_LOGGING_START (SET)");
 	rc = vfio_dma_logging_start(m->device, &r, 1, &pgsize);
-	if (!check(rc == 0 && pgsize == PAGE, "START of A with a 64 KiB hint: expected 0 and page size "
+	if (!vm_check(rc == 0 && pgsize == PAGE, "START of A with a 64 KiB hint: expected 0 and page size "
 		   "%u, got %s and %" PRIu64, PAGE, errname(rc), pgsize))
 		return;
 	add_result("log_pgsize=%" PRIu64 " ", pgsize);
@@ -659,7 +630,7 @@ static void part_b_no_report(const struct mdev_dev *m)
 	rc = report(m, IOVA_A, PAGES_A, PAGE, bm, ARRAY_LEN(bm));
 	check_err(EOPNOTSUPP, rc, "REPORT of A (core without IOMMUFD_DRIVER)");
 	add_result("report=%s ", rc ? strerror(-rc) : "works");
-	check(reg32(m, LDTEST_REG_LOG_DIRTY) == 1,
+	vm_check(reg32(m, LDTEST_REG_LOG_DIRTY) == 1,
 	      "pages in the device log (never reported): expected 1, got %u",
 	      reg32(m, LDTEST_REG_LOG_DIRTY));
 	check_err(0, vfio_dma_logging_stop(m->device), "STOP");
@@ -702,7 +673,7 @@ static void part_c(const struct mdev_dev *m)
 	for (size_t i = 0; i < ARRAY_LEN(bad); i++)
 		check_err(bad[i].want, dev_cmd(m, bad[i].cmd, bad[i].iova, bad[i].npages, bad[i].flags,
 					       NULL), bad[i].what);
-	check(reg32(m, LDTEST_REG_PINNED) == pinned0,
+	vm_check(reg32(m, LDTEST_REG_PINNED) == pinned0,
 	      "pins after the failed commands: expected %u, got %u", pinned0,
 	      reg32(m, LDTEST_REG_PINNED));
 
@@ -715,7 +686,7 @@ static void part_c(const struct mdev_dev *m)
 	check_err(EINVAL, mdev_write32(m, LDTEST_REG_STATUS, 0), "write to the read-only STATUS");
 	check_err(EINVAL, mdev_write64(m, LDTEST_REG_CMD, LDTEST_CMD_WRITE),
 		  "8-byte write at CMD (only IOVA and PATTERN take 8 bytes)");
-	check(reg32(m, LDTEST_REG_MAGIC) == LDTEST_MAGIC,
+	vm_check(reg32(m, LDTEST_REG_MAGIC) == LDTEST_MAGIC,
 	      "MAGIC after all that: expected %#x, got %#x", LDTEST_MAGIC, reg32(m, LDTEST_REG_MAGIC));
 }
 
@@ -728,6 +699,7 @@ int main(int argc, char **argv)
 	uint32_t magic;
 	int rc;
 
+	vm_check_init("vm_mdev", false);
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--part") && i + 1 < argc) {
 			part = argv[++i];
@@ -752,7 +724,7 @@ int main(int argc, char **argv)
 	       " (%" PRIu64 " bytes), magic %#x version %u, pattern %#" PRIx64 "\n",
 	       m.uuid, m.type_dir, m.group_id, m.num_regions, m.region_offset, m.region_size, magic,
 	       reg32(&m, LDTEST_REG_VERSION), pattern);
-	if (!check(magic == LDTEST_MAGIC && m.region_size >= LDTEST_REGION_SIZE,
+	if (!vm_check(magic == LDTEST_MAGIC && m.region_size >= LDTEST_REGION_SIZE,
 		   "device identity: expected magic %#x and region 0 >= %u bytes", LDTEST_MAGIC,
 		   LDTEST_REGION_SIZE))
 		goto out;
@@ -776,7 +748,7 @@ int main(int argc, char **argv)
 	 * before the container goes, or type1 would leak them. */
 out:
 	rc = mdev_dev_close(&m);
-	check(rc == 0, "close the device (pins held) and remove the mdev: %s", errname(rc));
+	vm_check(rc == 0, "close the device (pins held) and remove the mdev: %s", errname(rc));
 	printf("vm_mdev: RESULT %s failures=%d\n", result, failures);
 	return failures ? 1 : 0;
 }

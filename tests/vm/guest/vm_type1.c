@@ -30,6 +30,9 @@
  * when nothing failed.
  */
 #include "vfio-edu.h"
+#include "vm-check.h"
+#include "vm-pset.h"
+#include "vm-time.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -53,37 +56,7 @@
 /* edu's source page, mapped only while the pattern is loaded into edu. */
 #define PATTERN_IOVA 0x0ff00000ull
 
-static int failures, checks;
 static struct vfio_edu edu;
-
-__attribute__((format(printf, 1, 2)))
-static void ok(const char *fmt, ...)
-{
-	va_list ap;
-
-	checks++;
-	fputs("vm_type1: ok   ", stdout);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	putchar('\n');
-	fflush(stdout);
-}
-
-__attribute__((format(printf, 1, 2)))
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	checks++;
-	failures++;
-	fputs("vm_type1: FAIL ", stdout);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	putchar('\n');
-	fflush(stdout);
-}
 
 /* A setup step that must work: on failure say what and where, then leave. */
 #define TRY(call) do { \
@@ -95,174 +68,11 @@ static void fail(const char *fmt, ...)
 		} \
 	} while (0)
 
-/* Counts, byte sizes and -errno values: all fit a long long. */
-#define CHECK_EQ(what, want, got) do { \
-		long long w_ = (long long)(want), g_ = (long long)(got); \
-		if (w_ == g_) \
-			ok("%s: %lld", what, g_); \
-		else \
-			fail("%s: expected %lld, got %lld", what, w_, g_); \
-	} while (0)
-
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
-/* ---- page sets ------------------------------------------------------------ */
-
-/* A set of pages as sorted guest-physical page addresses. */
-struct pset {
-	uint64_t *p;
-	size_t n, c;
-};
-
-static void pset_free(struct pset *s)
-{
-	free(s->p);
-	memset(s, 0, sizeof(*s));
-}
-
-static int pset_add(struct pset *s, uint64_t gpa, uint64_t len)
-{
-	for (uint64_t a = gpa & ~(P - 1); a < gpa + len; a += P) {
-		if (s->n == s->c) {
-			size_t c = s->c ? s->c * 2 : 256;
-			uint64_t *n = realloc(s->p, c * sizeof(*n));
-
-			if (!n)
-				return -ENOMEM;
-			s->p = n;
-			s->c = c;
-		}
-		s->p[s->n++] = a;
-	}
-	return 0;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-/* Sort; repeats are kept so a page handed out twice shows. */
-static void pset_sort(struct pset *s)
-{
-	qsort(s->p, s->n, sizeof(s->p[0]), cmp_u64);
-}
-
-/* "0x40000000+64p 0x40200000+16p": runs of pages, at most max runs. */
-static void pset_fmt(const uint64_t *p, size_t n, char *buf, size_t len, unsigned max)
-{
-	size_t off = 0;
-	unsigned runs = 0;
-
-	buf[0] = '\0';
-	if (!n) {
-		snprintf(buf, len, "{}");
-		return;
-	}
-	for (size_t i = 0; i < n && off < len; ) {
-		size_t j = i + 1;
-
-		while (j < n && p[j] == p[j - 1] + P)
-			j++;
-		if (runs++ == max) {
-			snprintf(buf + off, len - off, " ...");
-			return;
-		}
-		off += (size_t)snprintf(buf + off, len - off, "%s%#" PRIx64 "+%zup",
-					off ? " " : "", p[i], j - i);
-		i = j;
-	}
-}
-
-/* Claim everything the view holds into got (each page once per mark). */
-static int drain(struct dirty_view *v, struct pset *got)
-{
-	struct dirty_claim *cl;
-	struct dirty_run runs[64];
-	ssize_t n;
-	int rc = dirty_claim_new(v, &cl);
-
-	if (rc)
-		return rc;
-	while ((n = dirty_claim_next(cl, runs, 64)) > 0)
-		for (ssize_t i = 0; i < n; i++)
-			if (pset_add(got, runs[i].gpa, runs[i].len))
-				n = -ENOMEM;
-	dirty_claim_free(cl);
-	pset_sort(got);
-	return n < 0 ? (int)n : 0;
-}
-
-/*
- * Drain the view and compare it page by page with want (ranges). Prints
- * the pages missing and the pages that should not be there. Returns the
- * number of pages drained.
- */
+/* The view's pages vs want, page by page (vm-pset.h). */
 static uint64_t expect(struct dirty_view *v, const char *what,
 		       const struct dirty_range *want, size_t nwant)
 {
-	struct pset w = { 0 }, g = { 0 }, miss = { 0 }, extra = { 0 };
-	char a[256], b[256];
-	uint64_t got_pages = 0;
-	size_t i = 0, k = 0;
-	int rc;
-
-	for (size_t r = 0; r < nwant; r++)
-		if (pset_add(&w, want[r].gpa, want[r].len))
-			goto oom;
-	pset_sort(&w);
-	rc = drain(v, &g);
-	if (rc) {
-		fail("%s: draining the view failed: %s", what, dirty_last_error());
-		goto done;
-	}
-	got_pages = g.n;
-	while (i < w.n || k < g.n) {
-		if (k == g.n || (i < w.n && w.p[i] < g.p[k])) {
-			if (pset_add(&miss, w.p[i++], P))
-				goto oom;
-		} else if (i == w.n || g.p[k] < w.p[i]) {
-			if (pset_add(&extra, g.p[k++], P))
-				goto oom;
-		} else {
-			i++;
-			k++;
-		}
-	}
-	if (!miss.n && !extra.n) {
-		pset_fmt(g.p, g.n, a, sizeof(a), 4);
-		ok("%s: %zu pages, exactly as expected: %s", what, g.n, a);
-	} else {
-		pset_fmt(miss.p, miss.n, a, sizeof(a), 6);
-		pset_fmt(extra.p, extra.n, b, sizeof(b), 6);
-		fail("%s: expected %zu pages, got %zu; missing %zu: %s; unexpected %zu: %s",
-		     what, w.n, g.n, miss.n, a, extra.n, b);
-	}
-	goto done;
-oom:
-	fail("%s: out of memory", what);
-done:
-	pset_free(&w);
-	pset_free(&g);
-	pset_free(&miss);
-	pset_free(&extra);
-	return got_pages;
+	return pset_expect(v, what, want, nwant, NULL, 4);
 }
 
 /* ---- edu and buffers ------------------------------------------------------- */
@@ -355,6 +165,66 @@ static struct dirty_vfio_type1_stats t1_stats(struct dirty_vfio_type1 *t)
 	return st;
 }
 
+/* A view of the regions with a type1 adapter over edu's container. */
+static int type1_view(const struct dirty_range *regions, size_t n,
+		      const struct dirty_vfio_type1_config *cfg, struct dirty_view **v,
+		      struct dirty_vfio_type1 **t)
+{
+	int rc = dirty_view_new(v);
+
+	for (size_t i = 0; !rc && i < n; i++)
+		rc = dirty_view_add_region(*v, regions[i].gpa, regions[i].len, 0, 0);
+	return rc ? rc : dirty_vfio_type1_create(*v, cfg, t);
+}
+
+/*
+ * The guest protocol over gcfg's range covering type1, with this program
+ * as the guest driver (the region through its fd, the agent started).
+ */
+static int cover_type1(struct dirty_view *v, struct dirty_vfio_type1 *t,
+		       const struct dirty_gp_config *gcfg, struct dirty_gp **gp,
+		       struct dirty_guest **g)
+{
+	int rc = dirty_gp_create(v, gcfg, gp);
+
+	if (!rc)
+		rc = dirty_guest_open_fd(dirty_gp_fd(*gp), g);
+	if (!rc)
+		rc = dirty_guest_agent_start(*g, 10);
+	return rc ? rc : dirty_source_cover(dirty_gp_source(*gp), dirty_vfio_type1_source(t));
+}
+
+/* Everything type1_view and cover_type1 made, in their reverse order. */
+static void teardown(struct dirty_vfio_type1 **t, struct dirty_guest **g, struct dirty_gp **gp,
+		     struct dirty_view **v)
+{
+	dirty_vfio_type1_destroy(*t);
+	*t = NULL;
+	dirty_guest_close(*g);
+	*g = NULL;
+	dirty_gp_destroy(*gp);
+	*gp = NULL;
+	dirty_view_free(*v);
+	*v = NULL;
+}
+
+/* One sync; type1's counters (and its source's, if c0) before and after. */
+static int counted_sync(struct dirty_view *v, struct dirty_vfio_type1 *t,
+			struct dirty_vfio_type1_stats *s0, struct dirty_vfio_type1_stats *s1,
+			struct dirty_source_stats *c0, struct dirty_source_stats *c1)
+{
+	int rc;
+
+	*s0 = t1_stats(t);
+	if (c0)
+		dirty_source_stats(dirty_vfio_type1_source(t), c0);
+	rc = dirty_view_sync(v);
+	*s1 = t1_stats(t);
+	if (c1)
+		dirty_source_stats(dirty_vfio_type1_source(t), c1);
+	return rc;
+}
+
 static int has(const char *msg, const char *needle)
 {
 	return strstr(msg, needle) != NULL;
@@ -383,25 +253,19 @@ static void part_real(void)
 	}
 	TRY(vfio_type1_map_dma(edu.container, buf, base, n * P));
 	kmapped = true;
-	TRY(dirty_view_new(&v));
-	TRY(dirty_view_add_region(v, base, n * P, 0, 0));
-	TRY(dirty_vfio_type1_create(v, &cfg, &t));
+	TRY(type1_view(&all, 1, &cfg, &v, &t));
 	TRY(dirty_vfio_type1_add_mapping(t, base, base, n * P));
 	TRY(dirty_view_start(v));
 	expect(v, "1 start: the first round holds every mapped page", &all, 1);
 
-	s0 = t1_stats(t);
-	TRY(dirty_view_sync(v));
-	s1 = t1_stats(t);
+	TRY(counted_sync(v, t, &s0, &s1, NULL, NULL));
 	expect(v, "1 sync before any DMA: type1 reports every mapped page (COARSE)", &all, 1);
 	CHECK_EQ("1 GET_BITMAP calls for one mapping", 1, s1.get_bitmap_calls - s0.get_bitmap_calls);
 	CHECK_EQ("1 pages type1 reported", n, s1.pages_reported - s0.pages_reported);
 
 	if (dma_into(base + (n / 2 + 1) * P, buf + (n / 2 + 1) * P, "1 DMA"))
 		goto out;
-	s0 = t1_stats(t);
-	TRY(dirty_view_sync(v));
-	s1 = t1_stats(t);
+	TRY(counted_sync(v, t, &s0, &s1, NULL, NULL));
 	expect(v, "1 sync after a one-page DMA: still every mapped page", &all, 1);
 	CHECK_EQ("1 pages type1 reported after the DMA", n, s1.pages_reported - s0.pages_reported);
 
@@ -486,25 +350,15 @@ static void cover_run(uint64_t n, bool lose_agent, struct row *row, const char *
 	}
 	TRY(vfio_type1_map_dma(edu.container, buf, iova, n * P));
 	kmapped = true;
-	TRY(dirty_view_new(&v));
-	TRY(dirty_view_add_region(v, gpa, n * P, 0, 0));
-	TRY(dirty_vfio_type1_create(v, &cfg, &t));
+	TRY(type1_view(&all, 1, &cfg, &v, &t));
 	TRY(dirty_vfio_type1_add_mapping(t, iova, gpa, n * P));
-	TRY(dirty_gp_create(v, &gcfg, &gp));
-	/* The program is also the guest driver: the region through its fd. */
-	TRY(dirty_guest_open_fd(dirty_gp_fd(gp), &g));
-	TRY(dirty_guest_agent_start(g, 10));
-	TRY(dirty_source_cover(dirty_gp_source(gp), dirty_vfio_type1_source(t)));
+	TRY(cover_type1(v, t, &gcfg, &gp, &g));
 	TRY(dirty_view_start(v));
 	TRY(dirty_view_sync(v));
 	snprintf(what, sizeof(what), "%s start + first sync: the first pass holds every page", tag);
 	expect(v, what, &all, 1);
 
-	s0 = t1_stats(t);
-	dirty_source_stats(dirty_vfio_type1_source(t), &c0);
-	TRY(dirty_view_sync(v));
-	s1 = t1_stats(t);
-	dirty_source_stats(dirty_vfio_type1_source(t), &c1);
+	TRY(counted_sync(v, t, &s0, &s1, &c0, &c1));
 	snprintf(what, sizeof(what), "%s idle sync, guest trusted: type1's pages stand covered", tag);
 	expect(v, what, NULL, 0);
 	snprintf(what, sizeof(what), "%s ... type1 reported", tag);
@@ -518,13 +372,9 @@ static void cover_run(uint64_t n, bool lose_agent, struct row *row, const char *
 	if (dma_into(iova + k * P, buf + k * P, what))
 		goto out;
 	TRY(dirty_guest_unmap(g, gpa + k * P, P, DIRTY_FROM_DEVICE));
-	s0 = t1_stats(t);
-	dirty_source_stats(dirty_vfio_type1_source(t), &c0);
 	t0 = now_ms();
-	TRY(dirty_view_sync(v));
+	TRY(counted_sync(v, t, &s0, &s1, &c0, &c1));
 	row->sync_ms = now_ms() - t0;
-	s1 = t1_stats(t);
-	dirty_source_stats(dirty_vfio_type1_source(t), &c1);
 	snprintf(what, sizeof(what), "%s sync after the DMA: the merged view holds exactly the page edu wrote", tag);
 	row->merged = expect(v, what, &page_k, 1);
 	row->type1 = s1.pages_reported - s0.pages_reported;
@@ -562,14 +412,10 @@ static void cover_run(uint64_t n, bool lose_agent, struct row *row, const char *
 		{
 			struct pset skip = { 0 };
 
-			drain(v, &skip);
+			pset_drain(v, &skip);
 			pset_free(&skip);
 		}
-		s0 = t1_stats(t);
-		dirty_source_stats(dirty_vfio_type1_source(t), &c0);
-		TRY(dirty_view_sync(v));
-		s1 = t1_stats(t);
-		dirty_source_stats(dirty_vfio_type1_source(t), &c1);
+		TRY(counted_sync(v, t, &s0, &s1, &c0, &c1));
 		snprintf(what, sizeof(what), "%s sync with the guest untrusted: type1's coarse bits count again", tag);
 		expect(v, what, &all, 1);
 		snprintf(what, sizeof(what), "%s ... none of them covered (pages_covered grew by)", tag);
@@ -578,10 +424,7 @@ static void cover_run(uint64_t n, bool lose_agent, struct row *row, const char *
 		CHECK_EQ(what, n, s1.pages_reported - s0.pages_reported);
 	}
 out:
-	dirty_vfio_type1_destroy(t);
-	dirty_guest_close(g);
-	dirty_gp_destroy(gp);
-	dirty_view_free(v);
+	teardown(&t, &g, &gp, &v);
 	if (kmapped)
 		vfio_type1_unmap_dma(edu.container, iova, n * P);
 	munmap(buf, n * P);
@@ -596,6 +439,7 @@ static void part_viommu(void)
 	const uint64_t iova2 = 0x80000, gpa2 = 0x40200000, n2 = 16;
 	const uint64_t rgpa = 0x40000000, rlen = 4ull << 20;	/* both GPA ranges */
 	const uint64_t decoy = 0, dlen = 2ull << 20;		/* the IOVAs as GPAs */
+	const struct dirty_range regions[] = { { rgpa, rlen }, { decoy, dlen } };
 	const struct dirty_range both[] = { { gpa1, n1 * P }, { gpa2, n2 * P } };
 	const struct dirty_range written[] = { { gpa1 + 7 * P, P }, { gpa2 + 5 * P, P } };
 	struct dirty_vfio_type1_config cfg = { .container_fd = edu.container };
@@ -621,16 +465,10 @@ static void part_viommu(void)
 	k2 = true;
 
 	/* a. Covered by the guest protocol: exactly the GPA pages edu wrote. */
-	TRY(dirty_view_new(&v));
-	TRY(dirty_view_add_region(v, rgpa, rlen, 0, 0));
-	TRY(dirty_view_add_region(v, decoy, dlen, 0, 0));
-	TRY(dirty_vfio_type1_create(v, &cfg, &t));
+	TRY(type1_view(regions, 2, &cfg, &v, &t));
 	TRY(dirty_vfio_type1_add_mapping(t, iova1, gpa1, n1 * P));
 	TRY(dirty_vfio_type1_add_mapping(t, iova2, gpa2, n2 * P));
-	TRY(dirty_gp_create(v, &gcfg, &gp));
-	TRY(dirty_guest_open_fd(dirty_gp_fd(gp), &g));
-	TRY(dirty_guest_agent_start(g, 10));
-	TRY(dirty_source_cover(dirty_gp_source(gp), dirty_vfio_type1_source(t)));
+	TRY(cover_type1(v, t, &gcfg, &gp, &g));
 	TRY(dirty_view_start(v));
 	TRY(dirty_view_sync(v));
 	{
@@ -638,7 +476,7 @@ static void part_viommu(void)
 		struct pset first = { 0 };
 		uint64_t in = 0;
 
-		TRY(drain(v, &first));
+		TRY(pset_drain(v, &first));
 		for (size_t i = 0; i < first.n; i++)
 			in += (first.p[i] >= gpa1 && first.p[i] < gpa1 + n1 * P) ||
 			      (first.p[i] >= gpa2 && first.p[i] < gpa2 + n2 * P);
@@ -665,20 +503,10 @@ static void part_viommu(void)
 	TRY(dirty_guest_unmap(g, gpa2 + 5 * P, P, DIRTY_FROM_DEVICE));
 	TRY(dirty_view_sync(v));
 	expect(v, "3a sync, guest trusted: exactly the two GPA pages, nothing at the IOVAs", written, 2);
-	dirty_vfio_type1_destroy(t);
-	t = NULL;
-	dirty_guest_close(g);
-	g = NULL;
-	dirty_gp_destroy(gp);
-	gp = NULL;
-	dirty_view_free(v);
-	v = NULL;
+	teardown(&t, &g, &gp, &v);
 
 	/* b. type1 alone: its bits translated, mapping by mapping. */
-	TRY(dirty_view_new(&v));
-	TRY(dirty_view_add_region(v, rgpa, rlen, 0, 0));
-	TRY(dirty_view_add_region(v, decoy, dlen, 0, 0));
-	TRY(dirty_vfio_type1_create(v, &cfg, &t));
+	TRY(type1_view(regions, 2, &cfg, &v, &t));
 	TRY(dirty_vfio_type1_add_mapping(t, iova2, gpa2, n2 * P));
 	TRY(dirty_vfio_type1_add_mapping(t, iova1, gpa1, n1 * P));
 	TRY(dirty_view_start(v));
@@ -696,10 +524,7 @@ static void part_viommu(void)
 	TRY(dirty_view_stats(v, &vs));
 	CHECK_EQ("3b marks that fell outside every region", 0, vs.pages_outside);
 out:
-	dirty_vfio_type1_destroy(t);
-	dirty_guest_close(g);
-	dirty_gp_destroy(gp);
-	dirty_view_free(v);
+	teardown(&t, &g, &gp, &v);
 	if (k1)
 		vfio_type1_unmap_dma(edu.container, iova1, n1 * P);
 	if (k2)
@@ -804,9 +629,7 @@ static void part_pieces(void)
 		};
 		unsigned want_calls = round ? 4 : 2;
 
-		TRY(dirty_view_new(&v));
-		TRY(dirty_view_add_region(v, gpa0, 1024 * P, 0, 0));
-		TRY(dirty_vfio_type1_create(v, &cfg, &t));
+		TRY(type1_view(&(struct dirty_range){ gpa0, 1024 * P }, 1, &cfg, &v, &t));
 		for (size_t r = 0; r < NPIECES; r++) {
 			unsigned i = order[r];
 
@@ -815,9 +638,7 @@ static void part_pieces(void)
 		TRY(dirty_view_start(v));
 		snprintf(what, sizeof(what), "4 piece %s: start", round ? "128" : "max");
 		expect(v, what, all, NPIECES);
-		s0 = t1_stats(t);
-		TRY(dirty_view_sync(v));
-		s1 = t1_stats(t);
+		TRY(counted_sync(v, t, &s0, &s1, NULL, NULL));
 		snprintf(what, sizeof(what), "4 piece %s: GET_BITMAP calls per sync (%s)", round ? "128" : "max",
 			 round ? "{A,B} {C,D} {E} {F}" : "{A..E} {F}");
 		CHECK_EQ(what, want_calls, s1.get_bitmap_calls - s0.get_bitmap_calls);
@@ -832,9 +653,7 @@ static void part_pieces(void)
 		}
 		if (dma_into(iova[4] + 150 * P, buf + (boff[4] + 150) * P, "4 DMA into E"))
 			goto out;
-		s0 = t1_stats(t);
-		TRY(dirty_view_sync(v));
-		s1 = t1_stats(t);
+		TRY(counted_sync(v, t, &s0, &s1, NULL, NULL));
 		expect(v, "4 piece 128: sync after the DMA, exactly as in 1 (every page)", all, NPIECES);
 		CHECK_EQ("4 piece 128: pages type1 reported", total, s1.pages_reported - s0.pages_reported);
 		/* One unmap of the whole span: runs with their bits, the hole plainly. */
@@ -896,9 +715,7 @@ static void part_errors(void)
 	kk = true;
 	TRY(vfio_type1_map_dma(edu.container, bg, ig, 16 * P));
 	kg = true;
-	TRY(dirty_view_new(&v));
-	TRY(dirty_view_add_region(v, gpa, 128 * P, 0, 0));
-	TRY(dirty_vfio_type1_create(v, &cfg, &t));
+	TRY(type1_view(&(struct dirty_range){ gpa, 128 * P }, 1, &cfg, &v, &t));
 	TRY(dirty_vfio_type1_caps(t, &caps));
 
 	/* Registrations type1 could never serve are refused up front. */
@@ -1010,6 +827,7 @@ int main(int argc, char **argv)
 	double t0, tp;
 	int rc;
 
+	vm_check_init("vm_type1", false);
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--part") && i + 1 < argc) {
 			char *list = argv[++i];
