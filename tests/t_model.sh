@@ -5,8 +5,13 @@
 # must be rejected (an assertion violation). See the header of the model.
 #   MODEL_DEFS  extra spin -D flags for every variant (before the variant's
 #               own), e.g. -DPIN_GET=PIN_BUSY_FIRST
-#   MODEL_DEEP  1: also check the correct model with three guest threads
-#               (about 25M states, 50 s, 1.6 GB)
+#   MODEL_DEEP  1: also search the correct model with three guest threads,
+#               in up to MODEL_DEEP_MB of memory (default 3/4 of what is
+#               available). Not in CI: measured here it stores 1.86e8 states
+#               (depth 14M) in 18 GB over 7.5 min without completing. A
+#               search that runs out of memory is reported as incomplete
+#               (how many states, no violation among them), not as a pass;
+#               only a violation fails.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 model="$top/tests/model/gproto.pml"
@@ -36,7 +41,7 @@ build() {
   mkdir -p "$tmp/$name"
   (cd "$tmp/$name" && cp "$model" gproto.pml &&
    spin $defs "$@" -a gproto.pml >spin.log 2>&1 &&
-   cc -O2 -w -DSAFETY -DMEMLIM=2048 $pan_cc -o pan pan.c >cc.log 2>&1) || {
+   cc -O2 -w -DSAFETY -DMEMLIM="${pan_memlim:-2048}" $pan_cc -o pan pan.c >cc.log 2>&1) || {
     echo "FAIL: $name: cannot build the verifier:"
     cat "$tmp/$name/spin.log" "$tmp/$name/cc.log" 2>/dev/null | tail -20
     return 1
@@ -62,13 +67,19 @@ check() {
   local out states errors start secs
   pan_cc=${pan_extra:-} build "$name" "$@" || { fail=1; return; }
   start=$(date +%s.%N)
-  out=$(cd "$tmp/$name" && ./pan -m"${pan_depth:-1000000}" -w22 2>&1) || true
+  out=$(cd "$tmp/$name" && ./pan -m"${pan_depth:-1000000}" -w"${pan_w:-22}" 2>&1) || true
   secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}')
   states=$(sed -n 's/^ *\([0-9.e+]*\) states, stored.*/\1/p' <<<"$out")
   errors=$(sed -n 's/.*errors: \([0-9]*\).*/\1/p' <<<"$out")
   if [ -z "$states" ] || [ -z "$errors" ]; then
     echo "FAIL: $name: could not read pan's report:"; tail -20 <<<"$out"
     fail=1; return
+  fi
+  if [ "$errors" = 0 ] && [ -n "${allow_incomplete:-}" ] &&
+     grep -qE 'max search depth too small|Search not completed|out of memory|MEMLIM' <<<"$out"; then
+    echo "$name: INCOMPLETE, not a proof: no violation in $states states (${secs}s, ${pan_memlim} MB):"
+    grep -E 'depth too small|not completed|memory|MEMLIM' <<<"$out" | head -3 || true
+    return
   fi
   if [ "$errors" = 0 ] &&
      grep -qE 'max search depth too small|Search not completed|out of memory|MEMLIM' <<<"$out"; then
@@ -101,7 +112,9 @@ echo "spin: $(spin -V 2>&1 | head -1)${defs:+; MODEL_DEFS=$defs}"
 # The protocol as implemented (the model's default pin_get is guest.c's).
 check correct                pass
 if [ "${MODEL_DEEP:-0}" = 1 ]; then
-  pan_depth=4000000 pan_extra=-DCOLLAPSE check correct-3-threads pass -DNG=3
+  avail=$(awk '/^MemAvailable:/ { print int($2 / 1024 * 3 / 4) }' /proc/meminfo)
+  allow_incomplete=1 pan_memlim=${MODEL_DEEP_MB:-$avail} pan_depth=20000000 pan_w=28 \
+    pan_extra=-DCOLLAPSE check correct-3-threads pass -DNG=3
 fi
 # Each broken variant changes one thing of the verified default, so each
 # is rejected for its own fault.

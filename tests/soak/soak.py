@@ -92,6 +92,7 @@ def main():
     s = {"seed": seed, "minutes": o.minutes, "runs": 0, "passed": 0, "skipped": 0,
          "pages_compared": 0, "pages_sent": 0, "lost_pages": 0, "faults_injected": 0,
          "retried_ok": 0, "failures": {}, "failed_commands": [], "by_vcpu": {}, "downtime_ms_max": 0.0}
+    downtimes = []
     end = time.monotonic() + o.minutes * 60
     while time.monotonic() < end:
         args, fault = draw(rng, bool(modes), modes or ["bitmap"])
@@ -118,6 +119,7 @@ def main():
             s["pages_sent"] += res["pages_sent"]
             s["lost_pages"] += res["lost_pages"]
             s["downtime_ms_max"] = max(s["downtime_ms_max"], res["downtime_ms"])
+            downtimes.append(res["downtime_ms"])
             v = res["vcpu"] if res["vcpu"] == "threads" else "kvm/" + res["kvm_mode"]
             s["by_vcpu"][v] = s["by_vcpu"].get(v, 0) + 1
             if not res["ok"]:
@@ -140,10 +142,14 @@ def main():
                   f"mem {res['guest_bytes'] >> 20:3d} MiB  rounds {res['rounds']:2d}  "
                   f"downtime {res['downtime_ms']:7.1f} ms  lost {res['lost_pages']}"
                   + (f"  [{fault}, attempts {res['attempts']}]" if fault else ""), flush=True)
+    downtimes.sort()
+    for q, k in ((0.5, "downtime_ms_p50"), (0.99, "downtime_ms_p99")):
+        s[k] = downtimes[min(len(downtimes) - 1, int(q * len(downtimes)))] if downtimes else 0.0
     print(f"\nsoak summary (seed {seed}): {s['runs']} runs, {s['passed']} passed, {s['skipped']} skipped, "
           f"{sum(s['failures'].values())} failed; {s['pages_compared']} pages compared, "
           f"{s['lost_pages']} lost; {s['faults_injected']} connection resets injected, "
-          f"{s['retried_ok']} recovered by retry; vCPUs {s['by_vcpu']}")
+          f"{s['retried_ok']} recovered by retry; vCPUs {s['by_vcpu']}; downtime p50 "
+          f"{s['downtime_ms_p50']:.1f} ms, p99 {s['downtime_ms_p99']:.1f} ms, max {s['downtime_ms_max']:.1f} ms")
     for c, n in sorted(s["failures"].items()):
         print(f"  failure: {n} x {c}")
     if o.json:
