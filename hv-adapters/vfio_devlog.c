@@ -566,26 +566,36 @@ static int harvest(struct dirty_vfio_devlog *d)
 	return err;
 }
 
+/*
+ * A read that failed (or found the log not started): the log can no
+ * longer be trusted, so every mapped page is dirty and the next sync
+ * restarts it. Under d->lock; returns err.
+ */
+static int read_failed(struct dirty_vfio_devlog *d, int err)
+{
+	d->corrupt = d->armed;
+	mark_all(d);
+	d->st.errors++;
+	return err;
+}
+
+static int not_started(void)
+{
+	return __dirty_err(-EINVAL, "device DMA logging is not started (dirty_view_start), so it cannot be read");
+}
+
 static int dl_sync(struct dirty_source *src)
 {
 	struct dirty_vfio_devlog *d = dirty_source_priv(src);
 	int err;
 
 	pthread_mutex_lock(&d->lock);
-	if (!d->tracking) {
-		err = __dirty_err(-EINVAL, "device DMA logging is not started (dirty_view_start), so it cannot be read");
-	} else if (needs_rearm(d)) {
-		err = rearm(d);
-		pthread_mutex_unlock(&d->lock);
-		return err;	/* marked everything, failed or not */
-	} else {
-		err = harvest(d);
-	}
-	if (err) {
-		d->corrupt = d->armed;
-		mark_all(d);
-		d->st.errors++;
-	}
+	if (!d->tracking)
+		err = read_failed(d, not_started());
+	else if (needs_rearm(d))
+		err = rearm(d);		/* marked everything, failed or not */
+	else if ((err = harvest(d)) != 0)
+		err = read_failed(d, err);
 	pthread_mutex_unlock(&d->lock);
 	return err;
 }
@@ -600,18 +610,12 @@ static int dl_final(struct dirty_source *src)
 	int err = 0;
 
 	pthread_mutex_lock(&d->lock);
-	if (!d->tracking) {
-		err = __dirty_err(-EINVAL, "device DMA logging is not started (dirty_view_start), so it cannot be read");
-	} else if (!d->armed || d->corrupt) {
+	if (!d->tracking)
+		err = read_failed(d, not_started());
+	else if (!d->armed || d->corrupt)
 		mark_all(d);
-	} else {
-		err = harvest(d);
-	}
-	if (err) {
-		d->corrupt = d->armed;
-		mark_all(d);
-		d->st.errors++;
-	}
+	else if ((err = harvest(d)) != 0)
+		err = read_failed(d, err);
 	pthread_mutex_unlock(&d->lock);
 	return err;
 }

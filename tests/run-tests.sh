@@ -38,6 +38,10 @@ for t in "$@"; do
         tail -n 30 "$log" | sed 's/^/      /' ;;
     *)  fail=$((fail + 1)); failed_names+=("$name")
         printf 'FAIL  %-28s %6ss  exit %d\n' "$name" "$secs" "$rc"
+        # The verdicts first: a sanitizer's report (a leak after a failed
+        # assertion, say) can push them out of the tail.
+        grep -E '^[^ ]+:[0-9]+:[FE]:|^FAIL|ERROR: [A-Za-z]+Sanitizer|runtime error:' "$log" |
+          head -n 10 | sed 's/^/    > /'
         tail -n 40 "$log" | sed 's/^/      /' ;;
   esac
 done
