@@ -51,7 +51,20 @@ struct dirty_vfio_type1 {
 	bool tracking;		/* START succeeded, no STOP since */
 	struct dirty_vfio_type1_stats st;	/* mappings/mapped_bytes computed */
 	uint64_t bad_iova;	/* first untranslatable IOVA of the last translate() */
+	int (*ioctl_fn)(void *ctx, int fd, unsigned long req, void *arg);	/* immutable */
+	void *ioctl_ctx;
 };
+
+/* The source's ioctls on the container: the config's hook, or ioctl(2). */
+static int t1_ioctl(struct dirty_vfio_type1 *t, unsigned long req, void *arg)
+{
+	int r;
+
+	if (t->ioctl_fn)
+		return t->ioctl_fn(t->ioctl_ctx, t->fd, req, arg);
+	r = ioctl(t->fd, req, arg);
+	return r < 0 ? -errno : r;
+}
 
 /* ---- capabilities -------------------------------------------------------- */
 
@@ -188,6 +201,7 @@ static int get_piece(struct dirty_vfio_type1 *t, size_t i, uint64_t pages)
 	struct vfio_iommu_type1_dirty_bitmap_get get;
 	size_t words = (size_t)((pages + 63) / 64);
 	uint64_t *bm = iova_map_bitmap(&t->map, pages);
+	int e;
 
 	if (!bm)
 		return -ENOMEM;
@@ -202,8 +216,8 @@ static int get_piece(struct dirty_vfio_type1 *t, size_t i, uint64_t pages)
 	get.bitmap.data = (__u64 *)bm;
 	memcpy(arg.raw + offsetof(struct vfio_iommu_type1_dirty_bitmap, data), &get, sizeof(get));
 	t->st.get_bitmap_calls++;
-	if (ioctl(t->fd, VFIO_IOMMU_DIRTY_PAGES, &arg) < 0) {
-		int e = errno;
+	if ((e = t1_ioctl(t, VFIO_IOMMU_DIRTY_PAGES, &arg)) < 0) {
+		e = -e;
 
 		return __dirty_err(-e, "type1 GET_BITMAP of IOVA [%#llx, +%#llx) failed: %s%s",
 				   (unsigned long long)get.iova, (unsigned long long)get.size,
@@ -249,9 +263,10 @@ static int t1_sync(struct dirty_source *src)
 static int dirty_ctl(struct dirty_vfio_type1 *t, uint32_t flag, const char *what)
 {
 	struct vfio_iommu_type1_dirty_bitmap db = { .argsz = sizeof(db), .flags = flag };
+	int e;
 
-	if (ioctl(t->fd, VFIO_IOMMU_DIRTY_PAGES, &db) < 0) {
-		int e = errno;
+	if ((e = t1_ioctl(t, VFIO_IOMMU_DIRTY_PAGES, &db)) < 0) {
+		e = -e;
 
 		return __dirty_err(-e, "VFIO_IOMMU_DIRTY_PAGES %s on container fd %d failed: %s%s",
 				   what, t->fd, strerror(e),
@@ -338,6 +353,8 @@ DIRTY_API int dirty_vfio_type1_create(struct dirty_view *view,
 	if (!t)
 		return __dirty_err(-ENOMEM, "dirty_vfio_type1_create: out of memory");
 	t->fd = cfg->container_fd;
+	t->ioctl_fn = cfg->ioctl;
+	t->ioctl_ctx = cfg->ioctl_ctx;
 	t->caps = caps;
 	t->shift = (unsigned int)__builtin_ctzll(caps.pgsize);
 	t->piece_pages = cfg->piece_pages && cfg->piece_pages < caps.max_pages ?
@@ -401,9 +418,10 @@ static int unmap_plain(struct dirty_vfio_type1 *t, uint64_t iova, uint64_t len,
 	struct vfio_iommu_type1_dma_unmap u = {
 		.argsz = sizeof(u), .iova = iova, .size = len,
 	};
+	int e;
 
-	if (ioctl(t->fd, VFIO_IOMMU_UNMAP_DMA, &u) < 0) {
-		int e = errno;
+	if ((e = t1_ioctl(t, VFIO_IOMMU_UNMAP_DMA, &u)) < 0) {
+		e = -e;
 
 		return __dirty_err(-e, "VFIO_IOMMU_UNMAP_DMA of IOVA [%#llx, +%#llx) failed: %s",
 				   (unsigned long long)iova, (unsigned long long)len, strerror(e));
@@ -423,6 +441,7 @@ static int unmap_piece(struct dirty_vfio_type1 *t, size_t i, uint64_t pages, uin
 	struct vfio_bitmap bm;
 	size_t words = (size_t)((pages + 63) / 64);
 	uint64_t *bits = iova_map_bitmap(&t->map, pages);
+	int e;
 
 	if (!bits)
 		return -ENOMEM;
@@ -436,8 +455,8 @@ static int unmap_piece(struct dirty_vfio_type1 *t, size_t i, uint64_t pages, uin
 	bm.data = (__u64 *)bits;
 	memcpy(arg.raw + offsetof(struct vfio_iommu_type1_dma_unmap, data), &bm, sizeof(bm));
 	t->st.unmap_bitmap_calls++;
-	if (ioctl(t->fd, VFIO_IOMMU_UNMAP_DMA, &arg) < 0) {
-		int e = errno;
+	if ((e = t1_ioctl(t, VFIO_IOMMU_UNMAP_DMA, &arg)) < 0) {
+		e = -e;
 
 		return __dirty_err(-e, "type1 unmap with dirty bitmap of IOVA [%#llx, +%#llx) failed: %s%s",
 				   (unsigned long long)arg.u.iova,

@@ -86,6 +86,15 @@ struct dirty_vfio_type1_config {
 	 * splits a mapping.
 	 */
 	uint64_t piece_pages;
+	/*
+	 * Every ioctl the source issues on container_fd after create's probe
+	 * (DIRTY_PAGES, UNMAP_DMA) goes through this (NULL: ioctl(2)): for a
+	 * VMM that forwards them, and for tests that act between two of them.
+	 * It returns >= 0 or -errno, is called with the source's lock held
+	 * and must not call back into this source.
+	 */
+	int (*ioctl)(void *ctx, int fd, unsigned long request, void *arg);
+	void *ioctl_ctx;
 };
 
 /*

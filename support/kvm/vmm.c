@@ -72,6 +72,21 @@ const char *kvm_exit_reason_name(uint32_t reason)
 
 /* ---- skipping and capabilities ------------------------------------------ */
 
+/*
+ * KVM_CREATE_VM fails with EINTR when a signal is pending (a timer of the
+ * process, a sibling thread's SIGCHLD): asking again is the answer, as QEMU
+ * does. Returns the VM fd or -1 with errno.
+ */
+static int create_vm(int kvm_fd)
+{
+	int vm;
+
+	do
+		vm = ioctl(kvm_fd, KVM_CREATE_VM, 0);
+	while (vm < 0 && errno == EINTR);
+	return vm;
+}
+
 static int open_kvm(void)
 {
 	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -94,7 +109,7 @@ void kvm_require(void)
 		exit(77);
 	}
 	/* A module another hypervisor holds opens fine but cannot create VMs. */
-	vm = ioctl(fd, KVM_CREATE_VM, 0);
+	vm = create_vm(fd);
 	if (vm < 0) {
 		printf("SKIP: KVM_CREATE_VM: %s\n", strerror(errno));
 		exit(77);
@@ -241,7 +256,7 @@ int kvm_vm_create(const struct kvm_vm_opts *opts, struct kvm_vm **out)
 		free(vm);
 		return r;
 	}
-	vm->vm_fd = ioctl(vm->kvm_fd, KVM_CREATE_VM, 0);
+	vm->vm_fd = create_vm(vm->kvm_fd);
 	if (vm->vm_fd < 0) {
 		r = fail(-errno, "KVM_CREATE_VM: %s", strerror(errno));
 		goto err;

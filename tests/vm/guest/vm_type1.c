@@ -21,7 +21,10 @@
  *               (type1 refuses a range that splits a mapping, shown by a
  *               raw ioctl), exact reports; unmap in pieces too.
  *   5 errors    bad registrations refused; failing GET_BITMAP / unmap mark
- *               every mapped page and return the error with a message.
+ *               every mapped page and return the error with a message; a
+ *               bit past the window asked for (the config's ioctl hook
+ *               standing in for a broken kernel) is an error that marks
+ *               every mapped page, never dropped and never a page.
  *   6 table     pages type1 reports vs pages the merged view reports for
  *               one one-page DMA, per buffer size.
  *
@@ -806,6 +809,89 @@ out:
 		munmap(bh, 8 * P);
 }
 
+/*
+ * The config's ioctl hook, standing in for a kernel that writes one bit
+ * past the window GET_BITMAP asked for (while armed); counts the calls.
+ */
+struct stray {
+	bool armed;
+	unsigned int calls;
+};
+
+static int stray_ioctl(void *ctx, int fd, unsigned long req, void *arg)
+{
+	struct stray *st = ctx;
+	struct vfio_iommu_type1_dirty_bitmap db;
+	struct vfio_iommu_type1_dirty_bitmap_get get;
+	uint64_t nbits;
+	int rc = ioctl(fd, req, arg) < 0 ? -errno : 0;
+
+	st->calls++;
+	if (rc || !st->armed || req != VFIO_IOMMU_DIRTY_PAGES)
+		return rc;
+	memcpy(&db, arg, sizeof(db));
+	if (!(db.flags & VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP))
+		return rc;
+	memcpy(&get, (const char *)arg + offsetof(struct vfio_iommu_type1_dirty_bitmap, data),
+	       sizeof(get));
+	nbits = get.size / get.bitmap.pgsize;
+	if (nbits % 64)
+		((uint64_t *)(uintptr_t)get.bitmap.data)[nbits / 64] |= 1ull << (nbits % 64);
+	return rc;
+}
+
+/* 5e: a bit past the window is an error that marks everything, never dropped. */
+static void part_errors_stray(void)
+{
+	const uint64_t ie = 0x6400000;
+	const struct dirty_range e_all = { 0x50000000 + 200 * P, 8 * P };
+	struct stray st = { 0 };
+	struct dirty_vfio_type1_config cfg = {
+		.container_fd = edu.container, .ioctl = stray_ioctl, .ioctl_ctx = &st,
+	};
+	struct dirty_vfio_type1 *t = NULL;
+	struct dirty_view_stats vs;
+	struct dirty_view *v = NULL;
+	uint64_t unmapped = 0;
+	bool mapped = false;
+	uint8_t *b = alloc_pages(8);
+	int rc;
+
+	if (!b) {
+		fail("out of memory");
+		goto out;
+	}
+	TRY(vfio_type1_map_dma(edu.container, b, ie, 8 * P));
+	mapped = true;
+	TRY(type1_view(&e_all, 1, &cfg, &v, &t));
+	TRY(dirty_vfio_type1_add_mapping(t, ie, e_all.gpa, e_all.len));
+	TRY(dirty_view_start(v));
+	expect(v, "5e start", &e_all, 1);
+	st.armed = true;
+	rc = dirty_view_sync(v);
+	st.armed = false;
+	check_err("5e sync when the kernel sets a bit past the window", -EPROTO, rc,
+		  "outside every registered mapping");
+	expect(v, "5e ... marked every mapped page", &e_all, 1);
+	TRY(dirty_view_stats(v, &vs));
+	CHECK_EQ("5e ... and nothing outside them (the stray bit is not a page)", 0, vs.pages_outside);
+	CHECK_EQ("5e ... counted as an error", 1, t1_stats(t).errors);
+	TRY(dirty_view_sync(v));
+	expect(v, "5e the next sync is fine again", &e_all, 1);
+	TRY(dirty_view_stop(v));
+	TRY(dirty_vfio_type1_unmap(t, ie, 8 * P, &unmapped));
+	mapped = unmapped != 8 * P;
+	CHECK_EQ("5e every ioctl went through the config's hook (START, 2 GET_BITMAP, STOP, UNMAP)",
+		 5, st.calls);
+out:
+	dirty_vfio_type1_destroy(t);
+	dirty_view_free(v);
+	if (mapped)
+		vfio_type1_unmap_dma(edu.container, ie, 8 * P);
+	if (b)
+		munmap(b, 8 * P);
+}
+
 /* ---- main ----------------------------------------------------------------------------- */
 
 static void usage(FILE *f)
@@ -898,6 +984,7 @@ int main(int argc, char **argv)
 	if (run[5]) {
 		tp = now_ms();
 		part_errors();
+		part_errors_stray();
 		printf("vm_type1: part 5 took %.0f ms\n", now_ms() - tp);
 	}
 	if (run[6]) {
